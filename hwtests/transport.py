@@ -1,0 +1,261 @@
+"""Host access: run commands, background processes and files on a lab host.
+
+Everything the suite does on a host goes through a `Transport`: `SSHTransport`
+(one persistent paramiko connection, host key verified, TCP_NODELAY) or
+`LocalTransport` (this machine). Commands given as a list are quoted with
+`shlex.join`; a string is handed to the remote shell as it is, so only code
+constants may be strings.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import secrets
+import shlex
+import socket
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from .errors import HwtestsError, InfraError
+
+Command = str | Sequence[str]
+
+DEFAULT_TIMEOUT = 60.0
+
+
+class RemoteError(InfraError):
+    """A host could not be reached, or a command on it failed or timed out."""
+
+
+class HostKeyError(RemoteError):
+    """The host's key is unknown or has changed: refused."""
+
+
+class CommandFailed(RemoteError):
+    def __init__(self, host: str, result: "CmdResult"):
+        self.result = result
+        tail = (result.stderr.strip().splitlines() or result.stdout.strip().splitlines() or [""])[-1]
+        super().__init__(f"{host}: `{_short(result.cmd)}` exited {result.exit_status}"
+                         + (f": {tail[:300]}" if tail else ""), exit_code=1)
+
+
+class CommandTimeout(RemoteError):
+    def __init__(self, host: str, cmd: str, timeout: float):
+        self.cmd = cmd
+        super().__init__(f"{host}: `{_short(cmd)}` did not finish within {timeout:g} s", exit_code=1)
+
+
+def _short(cmd: str, n: int = 120) -> str:
+    return cmd if len(cmd) <= n else cmd[: n - 3] + "..."
+
+
+def quote_cmd(cmd: Command) -> str:
+    """A command line for a POSIX shell; every list element is quoted."""
+    if isinstance(cmd, str):
+        return cmd
+    return shlex.join(str(c) for c in cmd)
+
+
+@dataclass
+class CmdResult:
+    cmd: str
+    exit_status: int
+    stdout: str
+    stderr: str
+    duration: float
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_status == 0
+
+
+@dataclass
+class Background:
+    """A process started with `Transport.start`; `stop()` ends it and its children."""
+
+    transport: "Transport"
+    cmd: str
+    pid: int
+    out_path: str
+    err_path: str
+    name: str = ""
+    _stopped: CmdResult | None = field(default=None, repr=False)
+
+    def alive(self) -> bool:
+        r = self.transport.run(f"kill -0 {self.pid} 2>/dev/null", check=False, timeout=10)
+        return r.ok
+
+    def wait(self, timeout: float) -> CmdResult:
+        """Wait for the process to exit by itself; CommandTimeout if it does not."""
+        deadline = time.monotonic() + timeout
+        while self.alive():
+            if time.monotonic() > deadline:
+                raise CommandTimeout(self.transport.name, self.cmd, timeout)
+            time.sleep(0.05)
+        return self._collect()
+
+    def stop(self, grace: float = 3.0) -> CmdResult:
+        """TERM the process group, KILL it after `grace` seconds; return its output."""
+        if self._stopped is not None:
+            return self._stopped
+        t = self.transport
+        t.run(f"kill -TERM -{self.pid} 2>/dev/null; true", check=False, timeout=10)
+        deadline = time.monotonic() + grace
+        while self.alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        t.run(f"kill -KILL -{self.pid} 2>/dev/null; true", check=False, timeout=10)
+        return self._collect()
+
+    def output(self) -> tuple[str, str]:
+        r = self.transport.run(quote_cmd(["cat", self.out_path]), check=False, timeout=30)
+        e = self.transport.run(quote_cmd(["cat", self.err_path]), check=False, timeout=30)
+        return r.stdout, e.stdout
+
+    def _collect(self) -> CmdResult:
+        out, err = self.output()
+        rc_txt = self.transport.run(quote_cmd(["cat", self.out_path + ".rc"]), check=False, timeout=10).stdout.strip()
+        rc = int(rc_txt) if rc_txt.lstrip("-").isdigit() else -9
+        self._stopped = CmdResult(self.cmd, rc, out, err, 0.0)
+        self.transport._forget(self)
+        return self._stopped
+
+
+class Transport:
+    """What every host access offers. Subclasses implement `_exec` and file I/O."""
+
+    name: str
+    default_timeout: float = DEFAULT_TIMEOUT
+
+    def __init__(self, name: str, default_timeout: float = DEFAULT_TIMEOUT):
+        self.name = name
+        self.default_timeout = default_timeout
+        self._tmpdir: str | None = None
+        self._bg: list[Background] = []
+        self._lock = threading.Lock()
+
+    # -- commands -----------------------------------------------------------
+    def run(self, cmd: Command, *, timeout: float | None = None, check: bool = True,
+            input: bytes | None = None) -> CmdResult:
+        """Run a command and wait for it; raise CommandFailed on non-zero when `check`."""
+        line = quote_cmd(cmd)
+        t = self.default_timeout if timeout is None else timeout
+        res = self._exec(line, t, input)
+        if check and not res.ok:
+            raise CommandFailed(self.name, res)
+        return res
+
+    def start(self, cmd: Command, *, name: str = "bg") -> Background:
+        """Start a command in its own process group, output to files in the temp dir."""
+        line = quote_cmd(cmd)
+        base = posixpath.join(self.tmpdir, f"{name}-{secrets.token_hex(4)}")
+        out, err = base + ".out", base + ".err"
+        # setsid gives the job its own process group, so stop() reaches its children;
+        # the wrapper records the exit status even when nobody waits for it.
+        wrapper = f"{line} >{shlex.quote(out)} 2>{shlex.quote(err)} </dev/null; echo $? >{shlex.quote(out + '.rc')}"
+        launch = (f"setsid sh -c {shlex.quote(wrapper)} >/dev/null 2>&1 </dev/null & echo $!")
+        r = self.run(launch, timeout=15)
+        bg = Background(self, line, int(r.stdout.strip().splitlines()[-1]), out, err, name)
+        with self._lock:
+            self._bg.append(bg)
+        return bg
+
+    def _forget(self, bg: Background) -> None:
+        with self._lock:
+            if bg in self._bg:
+                self._bg.remove(bg)
+
+    # -- files --------------------------------------------------------------
+    @property
+    def tmpdir(self) -> str:
+        """A private (0700) temp dir for this run, removed by `close()`."""
+        if self._tmpdir is None:
+            r = self.run("mktemp -d /tmp/hwtests.XXXXXXXX", timeout=15)
+            self._tmpdir = r.stdout.strip()
+            self.run(["chmod", "700", self._tmpdir], timeout=15)
+        return self._tmpdir
+
+    def upload(self, local_path: str | os.PathLike, remote_name: str | None = None, mode: int = 0o644) -> str:
+        """Copy a local file into the run's temp dir; return its remote path."""
+        with open(local_path, "rb") as f:
+            data = f.read()
+        name = remote_name or os.path.basename(os.fspath(local_path))
+        return self.put_bytes(data, name, mode)
+
+    def put_bytes(self, data: bytes, remote_name: str, mode: int = 0o644) -> str:
+        path = posixpath.join(self.tmpdir, remote_name)
+        self.write_file(path, data, mode)
+        return path
+
+    def write_file(self, path: str, data: bytes, mode: int = 0o644) -> None:
+        raise NotImplementedError
+
+    def read_file(self, path: str) -> bytes:
+        raise NotImplementedError
+
+    def _exec(self, line: str, timeout: float, input: bytes | None) -> CmdResult:
+        raise NotImplementedError
+
+    # -- lifetime -----------------------------------------------------------
+    def cleanup(self) -> None:
+        """Stop background jobs and remove the temp dir (best effort, never raises)."""
+        for bg in list(self._bg):
+            try:
+                bg.stop(grace=1.0)
+            except HwtestsError:
+                pass
+        if self._tmpdir is not None:
+            try:
+                self.run(["rm", "-rf", "--one-file-system", self._tmpdir], check=False, timeout=15)
+            except HwtestsError:
+                pass
+            self._tmpdir = None
+
+    def close(self) -> None:
+        self.cleanup()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class LocalTransport(Transport):
+    """This machine, for `localhost` hosts and for the controller's own work."""
+
+    def _exec(self, line: str, timeout: float, input: bytes | None) -> CmdResult:
+        t0 = time.monotonic()
+        proc = subprocess.Popen(["sh", "-c", line], stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+        try:
+            out, err = proc.communicate(input, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(proc.pid, 9)
+            except ProcessLookupError:
+                pass
+            proc.communicate()
+            raise CommandTimeout(self.name, line, timeout) from None
+        return CmdResult(line, proc.returncode, out.decode(errors="replace"), err.decode(errors="replace"),
+                         time.monotonic() - t0)
+
+    def write_file(self, path: str, data: bytes, mode: int = 0o644) -> None:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(path, mode)
+
+    def read_file(self, path: str) -> bytes:
+        with open(path, "rb") as f:
+            return f.read()
+
+
+def nodelay(sock: socket.socket) -> socket.socket:
+    """Without TCP_NODELAY, Nagle plus delayed ACK add ~40 ms to every SSH round trip."""
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock

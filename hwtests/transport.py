@@ -259,3 +259,196 @@ def nodelay(sock: socket.socket) -> socket.socket:
     if sock.family in (socket.AF_INET, socket.AF_INET6):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return sock
+
+
+class SSHTransport(Transport):
+    """One persistent paramiko connection to a host.
+
+    The host key is checked against the inventory's known_hosts (or the user's);
+    an unknown key is refused unless the inventory opts in with
+    `accept_new_host_key: true`, and a changed key is always refused.
+    """
+
+    def __init__(self, name: str, cfg, *, connect_timeout: float = 10.0,
+                 default_timeout: float = DEFAULT_TIMEOUT, jump: "SSHTransport | None" = None):
+        super().__init__(name, default_timeout)
+        self.cfg = cfg
+        self.connect_timeout = connect_timeout
+        self.jump = jump
+        self._client = None
+        self._sftp = None
+        self._conn_lock = threading.Lock()
+
+    # -- connection ---------------------------------------------------------
+    def _sock(self):
+        cfg = self.cfg
+        if self.jump is not None:
+            chan = self.jump.client().get_transport().open_channel(
+                "direct-tcpip", (cfg.host, cfg.port), ("127.0.0.1", 0), timeout=self.connect_timeout)
+            return chan
+        if cfg.proxy_command:
+            import paramiko
+            return paramiko.ProxyCommand(cfg.proxy_command)
+        if cfg.netns:
+            from .netns import connect_in_netns
+            return nodelay(connect_in_netns(cfg.netns, cfg.host, cfg.port, self.connect_timeout))
+        try:
+            s = socket.create_connection((cfg.host, cfg.port), timeout=self.connect_timeout)
+        except OSError as exc:
+            raise RemoteError(f"{self.name}: cannot connect to {cfg.host}:{cfg.port}: {exc.strerror or exc}") from None
+        return nodelay(s)
+
+    def client(self):
+        with self._conn_lock:
+            if self._client is not None and self._client.get_transport() is not None \
+                    and self._client.get_transport().is_active():
+                return self._client
+            self._client = self._connect()
+            self._sftp = None
+            return self._client
+
+    def _connect(self):
+        import paramiko
+        cfg = self.cfg
+        c = paramiko.SSHClient()
+        known = cfg.known_hosts or os.path.expanduser("~/.ssh/known_hosts")
+        if os.path.exists(known):
+            c.load_host_keys(known)
+        elif not cfg.accept_new_host_key:
+            raise HostKeyError(f"{self.name}: known_hosts file {known} does not exist; "
+                               "add the host key or set ssh.accept_new_host_key: true")
+        c.set_missing_host_key_policy(_AcceptNewPolicy(known) if cfg.accept_new_host_key else paramiko.RejectPolicy())
+        password = os.environ.get(cfg.password_env) if cfg.password_env else None
+        sock = self._sock()
+        try:
+            c.connect(cfg.host, port=cfg.port, username=cfg.user, key_filename=cfg.key, password=password,
+                      sock=sock, timeout=self.connect_timeout, banner_timeout=self.connect_timeout,
+                      auth_timeout=self.connect_timeout, allow_agent=cfg.key is None,
+                      look_for_keys=cfg.key is None)
+        except paramiko.BadHostKeyException:
+            _close(sock)
+            raise HostKeyError(f"{self.name}: host key for {cfg.host}:{cfg.port} has CHANGED (does not match "
+                               f"{known}); refusing to connect") from None
+        except paramiko.SSHException as exc:
+            _close(sock)
+            if "not found in known_hosts" in str(exc):
+                raise HostKeyError(f"{self.name}: host key for {cfg.host}:{cfg.port} is unknown (not in {known}); "
+                                   "refusing to connect (set ssh.accept_new_host_key: true to trust it)") from None
+            raise RemoteError(f"{self.name}: ssh {cfg.user}@{cfg.host}:{cfg.port}: {exc}") from None
+        except OSError as exc:
+            _close(sock)
+            raise RemoteError(f"{self.name}: ssh {cfg.host}:{cfg.port}: {exc.strerror or exc}") from None
+        c.get_transport().set_keepalive(15)
+        return c
+
+    # -- commands -----------------------------------------------------------
+    def _exec(self, line: str, timeout: float, input: bytes | None) -> CmdResult:
+        t0 = time.monotonic()
+        try:
+            tr = self.client().get_transport()
+            chan = tr.open_session(timeout=self.connect_timeout)
+            # The first stdout line is the pid (= process group: sshd makes each
+            # session a new session) so a timed-out command can be killed.
+            chan.exec_command(f"echo $$; exec sh -c {shlex.quote(line)}")
+        except (OSError, EOFError) as exc:
+            raise RemoteError(f"{self.name}: connection lost: {exc}") from None
+        except Exception as exc:  # paramiko.SSHException and friends
+            if isinstance(exc, RemoteError):
+                raise
+            raise RemoteError(f"{self.name}: cannot run command: {exc}") from None
+        if input is not None:
+            chan.sendall(input)
+        chan.shutdown_write()
+        out, err = bytearray(), bytearray()
+        deadline = t0 + timeout
+        chan.settimeout(0.2)
+        while True:
+            got = False
+            while chan.recv_ready():
+                out += chan.recv(65536)
+                got = True
+            while chan.recv_stderr_ready():
+                err += chan.recv_stderr(65536)
+                got = True
+            if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
+                break
+            if chan.closed or not tr.is_active():
+                break
+            if time.monotonic() > deadline:
+                pid = bytes(out).split(b"\n", 1)[0].strip()
+                chan.close()
+                if pid.isdigit():
+                    try:
+                        self._exec(f"kill -KILL -{int(pid)} 2>/dev/null; true", 10, None)
+                    except RemoteError:
+                        pass
+                raise CommandTimeout(self.name, line, timeout)
+            if not got:
+                try:
+                    data = chan.recv(65536)
+                    if data:
+                        out += data
+                    elif chan.exit_status_ready():
+                        pass
+                except socket.timeout:
+                    pass
+        if not tr.is_active() and not chan.exit_status_ready():
+            raise RemoteError(f"{self.name}: connection lost while running `{_short(line)}`")
+        status = chan.recv_exit_status()
+        chan.close()
+        first, _, rest = bytes(out).partition(b"\n")
+        return CmdResult(line, status if status is not None else -1, rest.decode(errors="replace"),
+                         bytes(err).decode(errors="replace"), time.monotonic() - t0)
+
+    # -- files --------------------------------------------------------------
+    def sftp(self):
+        if self._sftp is None:
+            self._sftp = self.client().open_sftp()
+        return self._sftp
+
+    def write_file(self, path: str, data: bytes, mode: int = 0o644) -> None:
+        try:
+            with self.sftp().open(path, "wb") as f:
+                f.set_pipelined(True)
+                f.write(data)
+            self.sftp().chmod(path, mode)
+        except (OSError, EOFError) as exc:
+            raise RemoteError(f"{self.name}: cannot write {path}: {exc}") from None
+
+    def read_file(self, path: str) -> bytes:
+        try:
+            with self.sftp().open(path, "rb") as f:
+                return f.read()
+        except (OSError, EOFError) as exc:
+            raise RemoteError(f"{self.name}: cannot read {path}: {exc}") from None
+
+    def close(self) -> None:
+        try:
+            if self._client is not None and self._client.get_transport() is not None \
+                    and self._client.get_transport().is_active():
+                self.cleanup()
+        finally:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
+                self._sftp = None
+
+
+def _close(sock) -> None:
+    try:
+        sock.close()
+    except Exception:
+        pass
+
+
+class _AcceptNewPolicy:
+    """Trust a host key seen for the first time and remember it (explicit opt-in only)."""
+
+    def __init__(self, known_hosts: str):
+        self.known_hosts = known_hosts
+
+    def missing_host_key(self, client, hostname, key):
+        client.get_host_keys().add(hostname, key.get_name(), key)
+        os.makedirs(os.path.dirname(os.path.abspath(self.known_hosts)), exist_ok=True)
+        with open(self.known_hosts, "a") as f:
+            f.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")

@@ -86,8 +86,9 @@ class Background:
     _stopped: CmdResult | None = field(default=None, repr=False)
 
     def alive(self) -> bool:
-        r = self.transport.run(f"kill -0 {self.pid} 2>/dev/null", check=False, timeout=10)
-        return r.ok
+        # A zombie is not alive: on hosts whose init reaps late, kill -0 would say it is.
+        probe = f's=$(cat /proc/{self.pid}/stat 2>/dev/null) && s=${{s##*) }} && [ "${{s%% *}}" != Z ]'
+        return self.transport.run(probe, check=False, timeout=10).ok
 
     def wait(self, timeout: float) -> CmdResult:
         """Wait for the process to exit by itself; CommandTimeout if it does not."""

@@ -1,0 +1,129 @@
+"""The restore journal kept on each host.
+
+Every change the suite makes to a host (a NIC setting, a sysctl, a flow rule)
+is appended to a journal file on that host, with the command that undoes it,
+*before* the change is made. Teardown undoes the entries in reverse order. If
+the controller dies (SIGKILL, power loss), the entries stay on the host and the
+next run that acquires the host undoes them before doing anything else.
+
+The file lives in /var/lib/hwtests and is named after the host's hostname and
+network namespace, so namespace hosts that share one filesystem keep apart.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import time
+from dataclasses import dataclass
+
+from .errors import HwtestsError
+from .transport import Command, Transport, quote_cmd
+
+JOURNAL_DIR = "/var/lib/hwtests"
+
+
+@dataclass
+class Entry:
+    id: str
+    desc: str
+    undo: str
+    owner: str
+    time: float
+
+
+class Journal:
+    def __init__(self, t: Transport, owner: str = ""):
+        self.t = t
+        self.owner = owner
+        self._path: str | None = None
+        self._seq = 0
+
+    @property
+    def path(self) -> str:
+        if self._path is None:
+            r = self.t.run("printf '%s.%s' \"$(hostname)\" \"$(stat -L -c %i /proc/self/ns/net)\"", timeout=15)
+            ident = "".join(c for c in r.stdout.strip() if c.isalnum() or c in "._-") or "host"
+            self._path = f"{JOURNAL_DIR}/journal.{ident}.jsonl"
+        return self._path
+
+    def _append(self, rec: dict) -> None:
+        line = json.dumps(rec, separators=(",", ":"))
+        script = 'umask 077 && mkdir -p "$1" && printf "%s\\n" "$2" >> "$3" && sync "$3"'
+        self.t.run(["sh", "-c", script, "sh", JOURNAL_DIR, line, self.path], timeout=15)
+
+    def change(self, desc: str, do: Command, undo: Command, timeout: float | None = None) -> None:
+        """Journal `undo`, then run `do`. If `do` fails, undo at once and re-raise."""
+        self._seq += 1
+        eid = f"{int(time.time() * 1000)}-{self._seq}"
+        undo_line = quote_cmd(undo)
+        self._append({"op": "do", "id": eid, "desc": desc, "undo": undo_line, "owner": self.owner,
+                      "time": time.time()})
+        try:
+            self.t.run(do, timeout=timeout)
+        except HwtestsError:
+            self.t.run(undo_line, check=False, timeout=timeout)
+            self._append({"op": "undone", "id": eid})
+            raise
+
+    def pending(self) -> list[Entry]:
+        """Entries not undone yet, oldest first."""
+        r = self.t.run(["cat", self.path], check=False, timeout=15)
+        if not r.ok:
+            return []
+        return parse(r.stdout)
+
+    def restore(self) -> list[str]:
+        """Undo every pending entry, newest first; return the errors (empty when all went well)."""
+        errors: list[str] = []
+        failed: set[str] = set()
+        entries = self.pending()
+        for e in reversed(entries):
+            try:
+                r = self.t.run(e.undo, check=False, timeout=60)
+            except HwtestsError as exc:
+                errors.append(f"{self.t.name}: undo of '{e.desc}' failed: {exc}")
+                failed.add(e.id)
+                continue
+            if not r.ok:
+                errors.append(f"{self.t.name}: undo of '{e.desc}' (`{e.undo}`) exited {r.exit_status}: "
+                              f"{r.stderr.strip()[-200:]}")
+                failed.add(e.id)
+        if entries:
+            # Keep only what could not be undone, so the next run tries again.
+            keep = [e for e in entries if e.id in failed]
+            body = "".join(json.dumps({"op": "do", "id": e.id, "desc": e.desc, "undo": e.undo, "owner": e.owner,
+                                       "time": e.time}, separators=(",", ":")) + "\n" for e in keep)
+            script = 'printf "%s" "$1" > "$2.tmp" && mv "$2.tmp" "$2" && sync "$2"'
+            self.t.run(["sh", "-c", script, "sh", body, self.path], timeout=15)
+        return errors
+
+    # Helpers for the common kinds of change ------------------------------------
+    def sysctl(self, name: str, value: str) -> None:
+        key = "/proc/sys/" + name.replace(".", "/")
+        old = self.t.run(["cat", key], timeout=15).stdout.strip()
+        self.change(f"sysctl {name}={value}", ["sh", "-c", 'printf "%s\\n" "$1" > "$2"', "sh", value, key],
+                    ["sh", "-c", 'printf "%s\\n" "$1" > "$2"', "sh", old, key])
+
+
+def parse(text: str) -> list[Entry]:
+    """Pure: pending entries of a journal file's text (corrupt lines are skipped)."""
+    done: set[str] = set()
+    entries: list[Entry] = []
+    for line in text.splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue   # a line torn by a crash mid-write: the change after it never ran
+        if not isinstance(rec, dict):
+            continue
+        if rec.get("op") == "undone":
+            done.add(str(rec.get("id")))
+        elif rec.get("op") == "do" and isinstance(rec.get("undo"), str):
+            entries.append(Entry(str(rec.get("id")), str(rec.get("desc", "")), rec["undo"],
+                                 str(rec.get("owner", "")), float(rec.get("time", 0) or 0)))
+    return [e for e in entries if e.id not in done]
+
+
+def describe(entries: list[Entry]) -> str:
+    return "; ".join(shlex.quote(e.desc) for e in entries)

@@ -1,0 +1,419 @@
+"""The hwtests pytest plugin: host pairs as fixtures, capability markers, results to the store.
+
+Registered through the `pytest11` entry point, so any pytest run with
+`--inventory FILE` gets:
+
+- `hw_pair`: tests that use it are parametrized over the inventory's pairs
+  (`--pair NAME` narrows them); `rx_host` / `tx_host` are its two sides;
+- `@pytest.mark.requires("udmabuf", "header_split")`: skips naming what the
+  pair lacks;
+- `hw_record(metric, value, unit, better, ...)`: stores a sample of the current
+  test under this session's run for the pair and kernel build label.
+
+A host is acquired once per session: its restore journal is replayed first
+(changes a crashed earlier run left behind are undone), then it is probed.
+At the end every host's journal is replayed again and its temp dir removed.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .errors import EXIT_FAIL, EXIT_INCONCLUSIVE, HwtestsError
+from .inventory import Host, Inventory, Nic, load
+from .journal import Journal
+from .transport import Transport
+
+_SESSION = pytest.StashKey["HwSession"]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    g = parser.getgroup("hwtests", "hwtests hardware-in-the-loop options")
+    g.addoption("--inventory", metavar="FILE", help="hosts and pairs to test (YAML); without it hw tests skip")
+    g.addoption("--pair", action="append", default=[], metavar="NAME",
+                help="run on this pair only (repeatable; default: every pair in the inventory)")
+    g.addoption("--kernel-build", metavar="LABEL", default=None,
+                help="label stored with every result: the kernel build under test (e.g. net-next-2026-11-20 or patched)")
+    g.addoption("--db", metavar="URL", default=None,
+                help="results store: a SQLite path (default .hwtests/results.db) or postgresql://...")
+    g.addoption("--gate-baseline", metavar="LABEL", default=None,
+                help="after the session compare this run's build against LABEL; exit 1 on a regression, 3 if inconclusive")
+    g.addoption("--html", metavar="PATH", default=None, help="write the HTML report of this build (and the baseline) to PATH")
+    g.addoption("--no-store", action="store_true", default=False, help="do not store results (dry run)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "requires(*caps): skip unless both hosts of the pair have these capabilities")
+    config.addinivalue_line("markers", "hw_test_name(name): the test name samples are stored under")
+    config.addinivalue_line("markers", "disruptive: may take the data link down or change NIC settings")
+    path = config.getoption("--inventory", default=None)
+    if not path:
+        return
+    try:
+        inv = load(path)
+    except HwtestsError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    unknown = [p for p in config.getoption("--pair") if p not in inv.pairs]
+    if unknown:
+        raise pytest.UsageError(f"--pair: unknown pair {unknown[0]!r}; pairs in {path}: {', '.join(inv.pairs) or 'none'}")
+    config.stash[_SESSION] = HwSession(config, inv)
+
+
+def _hw(config: pytest.Config) -> "HwSession | None":
+    return config.stash.get(_SESSION, None)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "hw_pair" not in metafunc.fixturenames:
+        return
+    hs = _hw(metafunc.config)
+    names = hs.selected_pairs() if hs else []
+    if not names:
+        metafunc.parametrize("hw_pair", [pytest.param(None, marks=pytest.mark.skip(
+            reason="no --inventory given (hardware tests need host pairs)" if hs is None else "no pair selected"))],
+            indirect=True, ids=["no-pair"])
+        return
+    metafunc.parametrize("hw_pair", names, indirect=True, ids=names, scope="session")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Under pytest-xdist (--dist loadgroup) every test of a pair goes to one worker,
+    # so a worker owns its pair and two workers never share one.
+    for item in items:
+        cs = getattr(item, "callspec", None)
+        if cs is not None and isinstance(cs.params.get("hw_pair"), str):
+            item.add_marker(pytest.mark.xdist_group(cs.params["hw_pair"]))
+
+
+@dataclass
+class HostEnv:
+    name: str
+    t: Transport
+    nic: Nic
+    peer_nic: Nic
+    host: Host
+    journal: Journal
+    caps: dict[str, Any] = field(default_factory=dict)
+    probe: dict[str, Any] = field(default_factory=dict)
+    env: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def addr(self) -> str:
+        return self.nic.addr
+
+
+@dataclass
+class PairEnv:
+    name: str
+    rx: HostEnv
+    tx: HostEnv
+
+
+class HwSession:
+    """Everything one pytest session holds about the lab: transports, journals, runs."""
+
+    def __init__(self, config: pytest.Config, inv: Inventory):
+        self.config = config
+        self.inv = inv
+        self.label = config.getoption("--kernel-build") or "unlabeled"
+        self.db = config.getoption("--db")
+        self.no_store = config.getoption("--no-store")
+        self.transports: dict[str, Transport] = {}
+        self.journals: dict[str, Journal] = {}
+        self.probes: dict[str, dict] = {}
+        self.pairs: dict[str, PairEnv] = {}
+        self.runs: dict[str, int] = {}
+        self.restored: dict[str, list[str]] = {}
+        self.artifacts: dict[str, str] = {}
+        self._store = None
+        self._lock = threading.RLock()
+        self.owner = f"{socket.gethostname()}:{os.getpid()}"
+
+    def selected_pairs(self) -> list[str]:
+        wanted = self.config.getoption("--pair")
+        return [p for p in self.inv.pairs if not wanted or p in wanted]
+
+    # -- hosts --------------------------------------------------------------
+    def acquire_host(self, name: str) -> Transport:
+        """Connect, undo what a crashed earlier run left (journal), probe once."""
+        with self._lock:
+            if name in self.transports:
+                return self.transports[name]
+            from .hostconn import connect
+            t = connect(self.inv.hosts[name], self.inv.defaults, self.inv)
+            j = Journal(t, owner=self.owner)
+            self.transports[name] = t
+            self.journals[name] = j
+            left = j.pending()
+            if left:
+                errs = j.restore()
+                self.restored[name] = [e.desc for e in left]
+                self._say(f"hwtests: {name}: restored {len(left)} change(s) left by an earlier run: "
+                          + "; ".join(e.desc for e in left))
+                for err in errs:
+                    self._say(f"hwtests: WARNING: {err}")
+            return t
+
+    def pair_env(self, pname: str) -> PairEnv:
+        with self._lock:
+            if pname in self.pairs:
+                return self.pairs[pname]
+            pair = self.inv.pairs[pname]
+            sides = {}
+            for role, side, other in (("rx", pair.rx, pair.tx), ("tx", pair.tx, pair.rx)):
+                t = self.acquire_host(side.host)
+                host = self.inv.hosts[side.host]
+                nic = host.nics[side.nic]
+                peer = self.inv.hosts[other.host].nics[other.nic]
+                he = HostEnv(side.host, t, nic, peer, host, self.journals[side.host])
+                self._probe(he)
+                sides[role] = he
+            env = PairEnv(pname, sides["rx"], sides["tx"])
+            self.pairs[pname] = env
+            return env
+
+    def _probe(self, he: HostEnv) -> None:
+        from . import probe
+        key = f"{he.name}/{he.nic.ifname}"
+        if key not in self.probes:
+            self.probes[key] = probe.probe_host(he.t, [he.nic])
+        he.probe = self.probes[key]
+        he.caps = probe.capabilities(he.probe, he.nic)
+        he.env = probe.capture_env(he.t) if not he.env else he.env
+
+    def _say(self, msg: str) -> None:
+        tr = self.config.pluginmanager.get_plugin("terminalreporter")
+        if tr is not None:
+            tr.write_line(msg)
+        else:
+            print(msg, file=sys.stderr)
+
+    # -- results ------------------------------------------------------------
+    @property
+    def store(self):
+        if self._store is None:
+            from .store import Store
+            self._store = Store.open(self.db)
+        return self._store
+
+    def run_id(self, pname: str) -> int:
+        with self._lock:
+            if pname in self.runs:
+                return self.runs[pname]
+            from .store import HostInfo, Run
+            pe = self.pair_env(pname)
+            hosts = []
+            for role, he in (("rx", pe.rx), ("tx", pe.tx)):
+                p = he.probe
+                nicp = (p.get("nics") or {}).get(he.nic.ifname, {}) if isinstance(p.get("nics"), dict) else {}
+                hosts.append(HostInfo(role=role, name=he.name, kernel_release=p.get("kernel_release"),
+                                      proc_version=p.get("proc_version"), config_hash=p.get("config_hash"),
+                                      cmdline=p.get("cmdline"), boot_id=p.get("boot_id"),
+                                      nic_driver=nicp.get("driver"), nic_firmware=nicp.get("firmware"),
+                                      env=he.env))
+            run = Run(label=self.label, pair=pname, controller=socket.gethostname(),
+                      inventory_hash=self.inv.sha256, source="measured", hosts=hosts,
+                      artifacts=dict(self.artifacts))
+            self.runs[pname] = self.store.begin_run(run)
+            return self.runs[pname]
+
+    def record(self, pname: str, samples: list) -> None:
+        if self.no_store:
+            return
+        self.store.add_samples(self.run_id(pname), samples)
+
+    def outcome(self, pname: str, test: str, outcome: str, reason: str) -> None:
+        if self.no_store:
+            return
+        try:
+            self.store.add_outcome(self.run_id(pname), test, outcome, reason)
+        except HwtestsError as exc:
+            self._say(f"hwtests: WARNING: cannot store outcome of {test}: {exc}")
+
+    def close(self) -> list[str]:
+        """Restore every host and end the runs; return restore errors."""
+        errors: list[str] = []
+        for name, t in list(self.transports.items()):
+            try:
+                errors += self.journals[name].restore()
+            except HwtestsError as exc:
+                errors.append(f"{name}: journal not replayed: {exc}")
+            t.close()
+        if self._store is not None:
+            for rid in self.runs.values():
+                self._store.finish_run(rid)
+        return errors
+
+
+# -- fixtures ------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def hw_inventory(pytestconfig: pytest.Config) -> Inventory:
+    hs = _hw(pytestconfig)
+    if hs is None:
+        pytest.skip("no --inventory given")
+    return hs.inv
+
+
+@pytest.fixture(scope="session")
+def hw_session(pytestconfig: pytest.Config) -> HwSession:
+    hs = _hw(pytestconfig)
+    if hs is None:
+        pytest.skip("no --inventory given")
+    return hs
+
+
+@pytest.fixture(scope="session")
+def hw_pair(request: pytest.FixtureRequest) -> PairEnv:
+    hs = _hw(request.config)
+    if hs is None or request.param is None:
+        pytest.skip("no --inventory given")
+    try:
+        return hs.pair_env(request.param)
+    except HwtestsError as exc:
+        pytest.fail(f"pair {request.param}: {exc}", pytrace=False)
+
+
+@pytest.fixture(autouse=True)
+def _hw_requires(request: pytest.FixtureRequest) -> None:
+    marks = list(request.node.iter_markers("requires"))
+    if not marks or "hw_pair" not in request.fixturenames:
+        return
+    pe: PairEnv = request.getfixturevalue("hw_pair")
+    missing = []
+    for m in marks:
+        for cap in m.args:
+            for he in (pe.rx, pe.tx):
+                val = he.caps.get(cap)
+                if val is not True:
+                    why = he.caps.get(f"{cap}_reason") or ("unknown capability" if cap not in he.caps else "not available")
+                    missing.append(f"{cap} on {he.name} ({why})")
+    if missing:
+        pytest.skip(f"pair {pe.name} lacks " + "; ".join(dict.fromkeys(missing)))
+
+
+@pytest.fixture
+def rx_host(hw_pair: PairEnv) -> HostEnv:
+    return hw_pair.rx
+
+
+@pytest.fixture
+def tx_host(hw_pair: PairEnv) -> HostEnv:
+    return hw_pair.tx
+
+
+def test_name(item: pytest.Item) -> str:
+    m = item.get_closest_marker("hw_test_name")
+    if m is not None and m.args:
+        return str(m.args[0])
+    cs = getattr(item, "callspec", None)
+    base = item.originalname if hasattr(item, "originalname") else item.name
+    params = [f"{k}={v}" for k, v in (cs.params.items() if cs else []) if k != "hw_pair"]
+    return base + (f"[{','.join(params)}]" if params else "")
+
+
+@pytest.fixture
+def hw_record(request: pytest.FixtureRequest, hw_pair: PairEnv):
+    """hw_record(metric, value, unit, better, repetition=0, test=None, boot_id=None, host=None, **extra)."""
+    hs = _hw(request.config)
+    from .store import Sample
+
+    def record(metric: str, value: float, unit: str, better: str, repetition: int = 0, test: str | None = None,
+               boot_id: str | None = None, host: str | None = None, **extra: Any) -> None:
+        name = test or test_name(request.node)
+        s = Sample(test=name, metric=metric, value=float(value), unit=unit, better=better, repetition=repetition,
+                   boot_id=boot_id, host=host, extra=extra)
+        hs.record(hw_pair.name, [s])
+        request.node.user_properties.append((f"{name}:{metric}[{repetition}]", f"{value:g} {unit}"))
+
+    return record
+
+
+@pytest.fixture
+def hw_record_many(request: pytest.FixtureRequest, hw_pair: PairEnv):
+    """Store a list of `Sample`s of this test in one transaction."""
+    hs = _hw(request.config)
+
+    def record(samples: list) -> None:
+        hs.record(hw_pair.name, samples)
+        for s in samples:
+            request.node.user_properties.append((f"{s.test}:{s.metric}[{s.repetition}]", f"{s.value:g} {s.unit}"))
+
+    return record
+
+
+# -- outcomes, gate, teardown ----------------------------------------------------
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call):
+    report = yield
+    hs = _hw(item.config)
+    cs = getattr(item, "callspec", None)
+    pname = cs.params.get("hw_pair") if cs else None
+    if hs is None or not isinstance(pname, str) or pname not in hs.pairs:
+        return report
+    if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
+        reason = ""
+        if report.skipped and isinstance(report.longrepr, tuple):
+            reason = str(report.longrepr[2])
+        elif report.failed:
+            reason = (report.longreprtext or "").strip().splitlines()[-1:][0] if report.longreprtext else ""
+        hs.outcome(pname, test_name(item), report.outcome, reason[:500])
+    return report
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    hs = _hw(session.config)
+    if hs is None:
+        return
+    for err in hs.close():
+        hs._say(f"hwtests: WARNING: {err}")
+    if hasattr(session.config, "workerinput"):
+        return   # an xdist worker: the controller gates and reports once
+    _gate_and_report(session, hs)
+
+
+def _gate_and_report(session: pytest.Session, hs: HwSession) -> None:
+    base = session.config.getoption("--gate-baseline")
+    html = session.config.getoption("--html")
+    if hs.no_store or (not base and not html):
+        return
+    if base:
+        from . import compare
+        try:
+            comps = compare.compare_labels(hs.store, base, hs.label, thresholds=hs.inv.thresholds)
+        except HwtestsError as exc:
+            hs._say(f"hwtests: gate: {exc}")
+            session.exitstatus = exc.exit_code
+            return
+        hs._say(compare.format_table(comps, base, hs.label))
+        code = compare.exit_code(comps)
+        xml = _junit(session.config)
+        if xml is not None:
+            for k, v in compare.junit_properties(comps):
+                xml.add_global_property(k, v)
+        if code in (EXIT_FAIL, EXIT_INCONCLUSIVE) and session.exitstatus == 0:
+            session.exitstatus = code
+    if html:
+        from .report import write_report
+        builds = [b for b in (base, hs.label) if b]
+        path = write_report(hs.store, Path(html), builds=builds, baseline=base)
+        hs._say(f"hwtests: report written to {path}")
+
+
+def _junit(config: pytest.Config):
+    try:
+        from _pytest.junitxml import xml_key
+    except ImportError:
+        return None
+    return config.stash.get(xml_key, None)

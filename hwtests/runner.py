@@ -1,0 +1,51 @@
+"""`hwtests run`: the hardware suite that ships with the package, run by pytest."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .errors import InputError
+
+SUITE_DIR = Path(__file__).parent / "suite"
+
+
+def add_command(sub) -> None:
+    p = sub.add_parser(
+        "run", help="run the shipped hardware suite on the inventory's pairs",
+        description="Run the hardware suite (line rate, devmem/zcrx functional checks, page_pool fast path) on "
+        "every pair of the inventory, store the results under --kernel-build, and optionally gate against a "
+        "baseline build. Any other argument goes to pytest: -k EXPR, -x, -v, --junitxml FILE, -n N "
+        "(pairs in parallel, one worker per pair).",
+        epilog="example: hwtests run --inventory lab.yaml --kernel-build patched --gate-baseline base "
+        "-k pagepool --junitxml out.xml")
+    p.add_argument("--inventory", required=True, metavar="FILE", help="hosts and pairs (YAML)")
+    p.add_argument("--kernel-build", required=True, metavar="LABEL", help="label of the kernel build under test")
+    p.add_argument("--pair", action="append", default=[], metavar="NAME", help="only this pair (repeatable)")
+    p.add_argument("--db", metavar="URL", help="results store (SQLite path or postgresql://...)")
+    p.add_argument("--gate-baseline", metavar="LABEL", help="compare against this build after the run")
+    p.add_argument("--html", metavar="PATH", help="write the HTML report here")
+    p.set_defaults(func=run, accepts_extra=True)
+
+
+def pytest_args(args: argparse.Namespace) -> list[str]:
+    out = [str(SUITE_DIR), "-p", "no:cacheprovider", "--rootdir", str(SUITE_DIR),
+           "--inventory", args.inventory, "--kernel-build", args.kernel_build]
+    for p in args.pair:
+        out += ["--pair", p]
+    for opt in ("db", "gate_baseline", "html"):
+        val = getattr(args, opt)
+        if val:
+            out += ["--" + opt.replace("_", "-"), val]
+    extra = list(getattr(args, "extra", []))
+    if any(a == "-n" or a.startswith("-n") or a.startswith("--numprocesses") for a in extra):
+        out += ["--dist", "loadgroup"]
+    return out + extra
+
+
+def run(args: argparse.Namespace) -> int:
+    import pytest
+
+    if not Path(args.inventory).is_file():
+        raise InputError(f"{args.inventory}: no such inventory file")
+    return int(pytest.main(pytest_args(args)))

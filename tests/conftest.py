@@ -1,0 +1,56 @@
+"""Fixtures for the project's own tests.
+
+`netns_lab` builds the real netns lab once per session (real sshd, real
+paramiko). Where it cannot be built, its tests skip naming why, except in CI
+(CI=true), where an unavailable lab is a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from hwtests import labnetns
+from hwtests.errors import HwtestsError
+
+REPO = Path(__file__).resolve().parent.parent
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def unavailable(reason: str):
+    """Skip locally; fail in CI, where every tier must run."""
+    if IN_CI:
+        pytest.fail(f"required in CI: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def netns_lab(tmp_path_factory):
+    """A netns lab with two pairs; yields the inventory path."""
+    try:
+        labnetns.preflight()
+    except HwtestsError as exc:
+        unavailable(str(exc))
+    state = tmp_path_factory.mktemp("netns-lab")
+    try:
+        inv = labnetns.up(state, pairs=2)
+    except HwtestsError as exc:
+        unavailable(f"netns lab cannot be built: {exc}")
+    yield inv
+    labnetns.down(state)
+
+
+@pytest.fixture(scope="session")
+def hwtests_bin() -> list[str]:
+    exe = Path(os.sys.executable).with_name("hwtests")
+    return [str(exe)] if exe.exists() else [os.sys.executable, "-m", "hwtests.cli"]
+
+
+def run_cli(*args: str, **kw) -> subprocess.CompletedProcess:
+    exe = Path(os.sys.executable).with_name("hwtests")
+    cmd = [str(exe)] if exe.exists() else [os.sys.executable, "-m", "hwtests.cli"]
+    return subprocess.run(cmd + list(args), capture_output=True, text=True, timeout=kw.pop("timeout", 300), **kw)

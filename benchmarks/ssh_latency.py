@@ -75,10 +75,11 @@ def main() -> int:
             print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
         print(f"host {host.name} ({'netns ' + host.ssh.netns if host.ssh and host.ssh.netns else 'ssh'}), "
               f"{args.rounds} interleaved rounds")
-        print(f"{"":34} {"median":>9} {'p10':>9} {'p90':>9} {'n':>5}")
+        print(f"{'':34} {'median':>9} {'p10':>9} {'p90':>9} {'n':>5}")
         for nd in (True, False):
             for kind, xs in (("cold connect", res[nd][0]), ("command on open conn", res[nd][1])):
-                print(f"{kind + " (" + ("nodelay" if nd else "default") + ")":34} "
+                label = f"{kind} ({'nodelay' if nd else 'default'})"
+                print(f"{label:34} "
                       f"{statistics.median(xs) * 1e3:8.2f}ms {_pct(xs, .1) * 1e3:8.2f}ms {_pct(xs, .9) * 1e3:8.2f}ms {len(xs):5}")
         ratio = statistics.median(res[False][1]) / statistics.median(res[True][1])
         print(f"per-command latency ratio default/nodelay: {ratio:.1f}x")

@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "hwtests.labcli",
     "hwtests.probe",
     "hwtests.runner",
+    "hwtests.abrun",
 )
 
 EPILOG = """exit codes: 0 ok; 1 a test failed or a regression was found; 2 bad input;

@@ -30,6 +30,7 @@ class Entry:
     undo: str
     owner: str
     time: float
+    boot_id: str = ""
 
 
 class Journal:
@@ -37,7 +38,14 @@ class Journal:
         self.t = t
         self.owner = owner
         self._path: str | None = None
+        self._boot_id: str | None = None
         self._seq = 0
+
+    @property
+    def boot_id(self) -> str:
+        if self._boot_id is None:
+            self._boot_id = self.t.run(["cat", "/proc/sys/kernel/random/boot_id"], timeout=15).stdout.strip()
+        return self._boot_id
 
     @property
     def path(self) -> str:
@@ -58,7 +66,7 @@ class Journal:
         eid = f"{int(time.time() * 1000)}-{self._seq}"
         undo_line = quote_cmd(undo)
         self._append({"op": "do", "id": eid, "desc": desc, "undo": undo_line, "owner": self.owner,
-                      "time": time.time()})
+                      "time": time.time(), "boot": self.boot_id})
         try:
             self.t.run(do, timeout=timeout)
         except HwtestsError:
@@ -67,11 +75,16 @@ class Journal:
             raise
 
     def pending(self) -> list[Entry]:
-        """Entries not undone yet, oldest first."""
+        """Entries not undone yet in this boot, oldest first.
+
+        Changes journaled in an earlier boot were reset by the reboot (the suite
+        only changes runtime state), so undoing them now would be wrong.
+        """
         r = self.t.run(["cat", self.path], check=False, timeout=15)
         if not r.ok:
             return []
-        return parse(r.stdout)
+        entries = parse(r.stdout)
+        return [e for e in entries if not e.boot_id or e.boot_id == self.boot_id]
 
     def restore(self) -> list[str]:
         """Undo every pending entry, newest first; return the errors (empty when all went well)."""
@@ -93,7 +106,8 @@ class Journal:
             # Keep only what could not be undone, so the next run tries again.
             keep = [e for e in entries if e.id in failed]
             body = "".join(json.dumps({"op": "do", "id": e.id, "desc": e.desc, "undo": e.undo, "owner": e.owner,
-                                       "time": e.time}, separators=(",", ":")) + "\n" for e in keep)
+                                       "time": e.time, "boot": e.boot_id}, separators=(",", ":")) + "\n"
+                           for e in keep)
             script = 'printf "%s" "$1" > "$2.tmp" && mv "$2.tmp" "$2" && sync "$2"'
             self.t.run(["sh", "-c", script, "sh", body, self.path], timeout=15)
         return errors
@@ -121,7 +135,8 @@ def parse(text: str) -> list[Entry]:
             done.add(str(rec.get("id")))
         elif rec.get("op") == "do" and isinstance(rec.get("undo"), str):
             entries.append(Entry(str(rec.get("id")), str(rec.get("desc", "")), rec["undo"],
-                                 str(rec.get("owner", "")), float(rec.get("time", 0) or 0)))
+                                 str(rec.get("owner", "")), float(rec.get("time", 0) or 0),
+                                 str(rec.get("boot", ""))))
     return [e for e in entries if e.id not in done]
 
 

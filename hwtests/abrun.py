@@ -1,0 +1,98 @@
+"""`hwtests ab`: compare two kernel builds on one pair, boots interleaved A B A B.
+
+Boot-to-boot differences (memory layout, IRQ placement) are a variance
+component of their own, and drift over an evening hits whichever build runs
+last. Alternating the builds per boot spreads both over A and B equally; every
+sample keeps its boot id. After the rounds the gate compares the builds and the
+HTML report is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from . import kswitch
+from .errors import EXIT_FAIL, InputError
+from .inventory import load
+
+
+def add_command(sub) -> None:
+    p = sub.add_parser(
+        "ab", help="compare two kernel builds on a pair: interleaved boots, suite, gate, report",
+        description="Switch the pair's hosts between two kernel builds of the inventory (A B A B ...), run the "
+        "suite on each boot with --kernel-build set to the build's label, then compare the builds with the "
+        "regression gate and write the HTML report. Extra arguments go to pytest (e.g. -k pagepool).",
+        epilog="exit codes as `hwtests compare`: 0 no regression, 1 regression or a test failed, 2 bad input, "
+        "3 inconclusive, 4 lab unusable.")
+    p.add_argument("--inventory", required=True, metavar="FILE")
+    p.add_argument("--pair", metavar="NAME", help="pair to use (default: the first)")
+    p.add_argument("--baseline", metavar="LABEL", help="build A (default: the first build the hosts share)")
+    p.add_argument("--candidate", metavar="LABEL", help="build B (default: the second build the hosts share)")
+    p.add_argument("--rounds", type=int, default=2, help="boots per build, interleaved (default 2: A B A B)")
+    p.add_argument("--db", metavar="URL", help="results store (default .hwtests/results.db)")
+    p.add_argument("--html", metavar="PATH", help="write the HTML report here")
+    p.add_argument("--boot-timeout", type=float, default=300.0, help="seconds a host may take to come back")
+    p.set_defaults(func=run, accepts_extra=True)
+
+
+def shared_builds(inv, pair) -> list[str]:
+    rx, tx = inv.hosts[pair.rx.host], inv.hosts[pair.tx.host]
+    return [k for k in rx.kernels if k in tx.kernels]
+
+
+def schedule(a: str, b: str, rounds: int) -> list[str]:
+    """A B A B ...: each build once per round, alternating."""
+    return [x for _ in range(rounds) for x in (a, b)]
+
+
+def run(args: argparse.Namespace) -> int:
+    import pytest
+
+    from . import runner
+
+    inv = load(args.inventory)
+    if not inv.pairs:
+        raise InputError(f"{args.inventory}: no pairs")
+    pair = inv.pair(args.pair) if args.pair else next(iter(inv.pairs.values()))
+    builds = shared_builds(inv, pair)
+    a = args.baseline or (builds[0] if builds else None)
+    b = args.candidate or (builds[1] if len(builds) > 1 else None)
+    if not a or not b:
+        raise InputError(f"{args.inventory}: pair '{pair.name}' needs two kernel builds on both hosts "
+                         f"(shared builds: {', '.join(builds) or 'none'})")
+    for label in (a, b):
+        for h in (pair.rx.host, pair.tx.host):
+            kswitch.build_of(inv, inv.hosts[h], label)
+    if not 1 <= args.rounds <= 50:
+        raise InputError("--rounds must be 1..50")
+    say = (lambda s: print(s, file=sys.stderr, flush=True))
+    worst = 0
+    plan = schedule(a, b, args.rounds)
+    t_start = time.monotonic()
+    for i, label in enumerate(plan, start=1):
+        say(f"== boot {i}/{len(plan)}: {label} ({time.monotonic() - t_start:.0f} s elapsed)")
+        for h in (pair.rx.host, pair.tx.host):
+            kswitch.switch(inv, inv.hosts[h], label, timeout=args.boot_timeout, force=i > 1, progress=say)
+        ns = argparse.Namespace(inventory=args.inventory, kernel_build=label, pair=[pair.name], db=args.db,
+                                gate_baseline=None, html=None, extra=list(getattr(args, "extra", [])))
+        rc = int(pytest.main(runner.pytest_args(ns)))
+        if rc not in (0, 5):      # 5: nothing collected under -k; not a failure of the builds
+            say(f"hwtests ab: suite on {label} exited {rc}")
+            worst = max(worst, EXIT_FAIL)
+    from . import compare
+    from .store import Store
+
+    store = Store.open(args.db)
+    comps = compare.compare_labels(store, a, b, thresholds=inv.thresholds)
+    print(compare.format_table(comps, a, b))
+    code = compare.exit_code(comps)
+    if args.html:
+        from .report import write_report
+        path = write_report(store, Path(args.html), builds=[a, b], baseline=a,
+                            title=f"{a} vs {b} on {pair.name}")
+        print(f"report: {Path(path).resolve()}")
+    say(f"hwtests ab: {len(plan)} boots in {time.monotonic() - t_start:.0f} s")
+    return code if code else worst

@@ -26,8 +26,16 @@ EPILOG = """exit codes: 0 ok; 1 a test failed or a regression was found; 2 bad i
 3 inconclusive (take more runs); 4 lab or host unusable; 130 interrupted."""
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line naming the command, and exit 2."""
+
+    def error(self, message: str):
+        print(f"{self.prog}: error: {' '.join(message.split())} (see '{self.prog} --help')", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="hwtests",
         description="Hardware-in-the-loop tests and benchmarks for Linux kernel networking: "
         "line rate with devmem TCP / io_uring zero-copy RX, page_pool fast-path cycles, "

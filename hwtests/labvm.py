@@ -1,0 +1,655 @@
+"""The VM lab: two QEMU (TCG) virtual machines running real Debian kernels.
+
+    vm-a  mgmt0: QEMU user net (restrict=on), SSH forwarded from 127.0.0.1:PORT_A only
+          data0: 198.51.100.1/24 fd42:7774:1::1/64 --+
+                                                     | QEMU dgram link over two UNIX sockets
+    vm-b  data0: 198.51.100.2/24 fd42:7774:1::2/64 --+   in the state dir: no IP on this machine
+          mgmt0: QEMU user net (restrict=on), SSH forwarded from 127.0.0.1:PORT_B only
+
+Nothing is added to this machine's network configuration. Guests reach nothing
+outside (`restrict=on`); the data link exists only between the two VMs.
+
+Every kernel build (Debian cloud-amd64 kernel, downloaded with `apt-get
+download` and cached) is listed per host in the inventory; the VMs boot the
+first one and `switch_kernel` restarts a VM on another. The guest is an
+initramfs (`hwtests.vmimage`) with a real OpenSSH server whose host key is made
+here, so known_hosts is written before the first boot and host keys are always
+verified.
+
+`state.json` is written before anything is started and holds the QEMU PIDs;
+`down` kills exactly those (checked against their command line) and removes
+the state dir, also after a crashed `up`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from . import vmimage
+from .errors import InfraError, InputError
+
+QEMU = "qemu-system-x86_64"
+VMS = ("vm-a", "vm-b")
+DATA4 = {"vm-a": "198.51.100.1/24", "vm-b": "198.51.100.2/24"}        # TEST-NET-2, inside the VMs only
+DATA6 = {"vm-a": "fd42:7774:1::1/64", "vm-b": "fd42:7774:1::2/64"}    # ULA, inside the VMs only
+MGMT4 = "10.0.2.15/24"                                                 # QEMU user net's guest address
+MAC_MGMT = {"vm-a": "52:54:00:48:57:0a", "vm-b": "52:54:00:48:57:0b"}
+MAC_DATA = {"vm-a": "52:54:00:48:44:0a", "vm-b": "52:54:00:48:44:0b"}
+MEMORY_MB = 1024
+SMP = 1
+BOOT_TIMEOUT = 90.0          # launch -> SSH answers (TCG boots take 3-10 s)
+STOP_TIMEOUT = 10.0
+FLAVOUR = "cloud-amd64"
+DEFAULT_SERIES = ("6.12", "6.1")   # newest of each; the first is the one the VMs boot
+READY_RE = re.compile(r"hwt-init: READY boot_id=([0-9a-f-]{36})")
+
+logging.getLogger("paramiko").addHandler(logging.NullHandler())   # boot-time retries are expected
+
+
+# --------------------------------------------------------------------------- state
+
+
+@dataclass
+class VMState:
+    name: str
+    port: int = 0
+    pid: int = 0
+    kernel: str = ""           # label the VM runs (or is starting)
+    release: str = ""
+    boot_id: str = ""
+    launched: float = 0.0
+    ready_s: float = 0.0       # launch -> SSH ready, seconds
+    dir: str = ""
+
+
+@dataclass
+class LabState:
+    kind: str = "vm"
+    token: str = ""
+    created: float = 0.0
+    sock_dir: str = ""         # where the data-link sockets live (a short /tmp dir if the state path is long)
+    sock_dir_owned: bool = False
+    kernels: dict[str, dict[str, str]] = field(default_factory=dict)   # label -> release, image, config, headers
+    vms: dict[str, dict[str, Any]] = field(default_factory=dict)
+    inventory: str = ""
+    memory_mb: int = MEMORY_MB
+    smp: int = SMP
+
+
+def _state_path(state_dir: Path) -> Path:
+    return Path(state_dir) / "state.json"
+
+
+def _save(state_dir: Path, st: LabState) -> None:
+    p = _state_path(state_dir)
+    tmp = p.with_suffix(".tmp")
+    tmp.write_text(json.dumps(asdict(st), indent=1))
+    os.replace(tmp, p)
+
+
+def load_state(state_dir: Path) -> LabState | None:
+    try:
+        return LabState(**json.loads(_state_path(state_dir).read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def _vm(st: LabState, name: str) -> VMState:
+    return VMState(**st.vms[name])
+
+
+def _put_vm(st: LabState, vm: VMState) -> None:
+    st.vms[vm.name] = asdict(vm)
+
+
+# --------------------------------------------------------------------------- kernels
+
+
+def _run(cmd: list[str], timeout: float = 300, cwd: Path | None = None) -> str:
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd)
+    except FileNotFoundError:
+        raise InfraError(f"vm lab: command not found: {cmd[0]}") from None
+    except subprocess.TimeoutExpired:
+        raise InfraError(f"vm lab: `{' '.join(cmd[:4])} ...` timed out after {timeout:g} s") from None
+    if p.returncode != 0:
+        msg = (p.stderr or p.stdout).strip().splitlines()
+        raise InfraError(f"vm lab: `{' '.join(cmd[:4])}` failed: {msg[-1] if msg else p.returncode}")
+    return p.stdout
+
+
+def _version_key(release: str) -> tuple:
+    return tuple(int(x) for x in re.findall(r"\d+", release))
+
+
+def series_of(release: str) -> str:
+    m = re.match(r"^(\d+\.\d+)", release)
+    return m.group(1) if m else release
+
+
+def available_releases(flavour: str = FLAVOUR) -> list[str]:
+    """Kernel releases of `flavour` the package index offers, oldest first."""
+    try:
+        from . import debkernel                      # the shared helper, when present
+        return sorted(debkernel.available_releases(flavour=flavour), key=_version_key)
+    except (ImportError, AttributeError):
+        pass
+    out = _run(["apt-cache", "pkgnames", "linux-image-"], timeout=60)
+    rx = re.compile(rf"^linux-image-(\S+-{re.escape(flavour)})-unsigned$")
+    return sorted({m.group(1) for m in map(rx.match, out.split()) if m}, key=_version_key)
+
+
+def default_releases() -> list[str]:
+    rel = available_releases()
+    out = []
+    for s in DEFAULT_SERIES:
+        cands = [r for r in rel if series_of(r) == s]
+        if not cands:
+            raise InfraError(f"vm lab: no {s} {FLAVOUR} kernel in the package index (apt-get update?)")
+        out.append(cands[-1])
+    return out
+
+
+def labels_for(releases: list[str]) -> dict[str, str]:
+    """label -> release: 'deb6.12' when the series is unique, else the release itself."""
+    series = [series_of(r) for r in releases]
+    return {(f"deb{s}" if series.count(s) == 1 else r): r for r, s in zip(releases, series)}
+
+
+@dataclass
+class KernelFiles:
+    release: str
+    vmlinuz: Path
+    config: Path | None
+    headers_dir: Path | None
+    modules_dir: Path
+
+
+def fetch_kernel(release: str, cache: Path, progress: Callable[[str], None]) -> KernelFiles:
+    """Image (and headers) of a Debian kernel release, downloaded once and cached."""
+    kdir = cache / "kernels"
+    kdir.mkdir(parents=True, exist_ok=True)
+    try:
+        from . import debkernel
+    except ImportError:
+        debkernel = None
+    if debkernel is not None and hasattr(debkernel, "fetch"):
+        dk = debkernel.fetch(release, kdir, what=("image", "headers"))
+        mods = getattr(dk, "modules_dir", None)
+        cands = [Path(mods)] if mods else []
+        vz = Path(dk.vmlinuz)
+        cands += [vz.parent.parent / "lib" / "modules" / release, vz.parent / "lib" / "modules" / release,
+                  vz.parent]
+        mdir = next((c for c in cands if (c / "kernel").is_dir()), None)
+        if mdir is None:
+            mdir = _fetch_own(release, kdir, progress, headers=False).modules_dir
+        return KernelFiles(release, vz, Path(dk.config) if dk.config else None,
+                           Path(dk.headers_dir) if dk.headers_dir else None, mdir)
+    return _fetch_own(release, kdir, progress, headers=True)
+
+
+def _fetch_own(release: str, kdir: Path, progress, headers: bool) -> KernelFiles:
+    root = kdir / f"vmlab-{release}"
+    img = root / "image"
+    if not (img / ".complete").exists():
+        progress(f"vm lab: downloading kernel {release}")
+        _extract([f"linux-image-{release}-unsigned"], root / "debs", img)
+    hdir = None
+    if headers:
+        hroot = root / "headers"
+        if not (hroot / ".complete").exists():
+            progress(f"vm lab: downloading headers {release}")
+            deps = _run(["apt-cache", "depends", f"linux-headers-{release}"], timeout=60)
+            pkgs = [f"linux-headers-{release}"] + sorted({
+                m.group(1) for m in re.finditer(r"Depends: (linux-(?:headers|kbuild)-\S+)", deps)})
+            _extract(pkgs, root / "debs", hroot)
+            _fix_headers(hroot, release)
+        cand = hroot / "usr" / "src" / f"linux-headers-{release}"
+        hdir = cand if cand.is_dir() else None
+    vz = next(iter(sorted((img / "boot").glob("vmlinuz-*"))), None)
+    if vz is None:
+        raise InfraError(f"vm lab: no vmlinuz in the {release} image package")
+    cfg = img / "boot" / f"config-{release}"
+    return KernelFiles(release, vz, cfg if cfg.exists() else None, hdir, img / "lib" / "modules" / release)
+
+
+def _extract(pkgs: list[str], debs: Path, dest: Path) -> None:
+    debs.mkdir(parents=True, exist_ok=True)
+    missing = [p for p in pkgs if not list(debs.glob(f"{_deb_glob(p)}_*.deb"))]
+    if missing:
+        _run(["apt-get", "download", "-q", *missing], timeout=600, cwd=debs)
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    for p in pkgs:
+        for deb in debs.glob(f"{_deb_glob(p)}_*.deb"):
+            _run(["dpkg-deb", "-x", str(deb), str(dest)], timeout=300)
+    (dest / ".complete").write_text("")
+
+
+def _deb_glob(pkg: str) -> str:
+    return pkg.replace("+", "[+]")
+
+
+def _fix_headers(hroot: Path, release: str) -> None:
+    """Point the headers' absolute /usr/src and /usr/lib links into the extracted tree."""
+    for p in hroot.rglob("*"):
+        if p.is_symlink():
+            t = os.readlink(p)
+            if t.startswith("/usr/"):
+                p.unlink()
+                p.symlink_to(os.path.relpath(hroot / t.lstrip("/"), p.parent))
+    mk = hroot / "usr" / "src" / f"linux-headers-{release}" / "Makefile"
+    if mk.is_file():
+        txt = mk.read_text()
+        txt2 = re.sub(r"(include\s+)/usr/src/", lambda m: f"{m.group(1)}{hroot}/usr/src/", txt)
+        if txt2 != txt:
+            mk.write_text(txt2)
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def _ours(pid: int, token: str) -> bool:
+    """A PID still belongs to this lab when its command line carries the lab token."""
+    return bool(token) and f"hwt-{token}-".encode() in _cmdline(pid)
+
+
+def _kill(pid: int, token: str, timeout: float = STOP_TIMEOUT) -> None:
+    if not (_alive(pid) and _ours(pid, token)):
+        _reap(pid)
+        return
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while _alive(pid) and time.monotonic() < deadline:
+        _reap(pid)
+        time.sleep(0.05)
+    if _alive(pid) and _ours(pid, token):
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while _alive(pid) and time.monotonic() < deadline:
+            _reap(pid)
+            time.sleep(0.05)
+    _reap(pid)
+
+
+def _stray_pids(token: str) -> list[int]:
+    """QEMUs of this lab whose PID never made it into state.json (a crash mid-start)."""
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit() and int(d) != os.getpid() and _ours(int(d), token) and _alive(int(d)):
+            out.append(int(d))
+    return out
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def preflight() -> None:
+    missing = []
+    if shutil.which(QEMU) is None:
+        missing.append("qemu-system-x86")
+    missing += [m for m in vmimage.missing_tools() if m not in missing]
+    if shutil.which("ssh-keygen") is None:
+        missing.append("openssh-client")
+    if missing:
+        raise InfraError(f"vm lab: missing on this machine: {', '.join(missing)} "
+                         f"(apt-get install {' '.join(missing)})")
+    try:
+        import paramiko  # noqa: F401
+    except ImportError:
+        raise InfraError("vm lab: the Python package paramiko is not installed") from None
+
+
+# --------------------------------------------------------------------------- QEMU
+
+
+def _cmdline_for(name: str) -> str:
+    return " ".join([
+        "console=ttyS0", "quiet", "panic=-1",
+        f"hwt.hostname={name}", f"hwt.mgmtmac={MAC_MGMT[name]}", f"hwt.datamac={MAC_DATA[name]}",
+        f"hwt.mgmt4={MGMT4}", f"hwt.data4={DATA4[name]}", f"hwt.data6={DATA6[name]}",
+    ])
+
+
+def _sock(st: LabState, name: str) -> str:
+    return str(Path(st.sock_dir) / f"{name}.sock")
+
+
+def qemu_argv(st: LabState, vm: VMState, image: str, initrd: str, cmdline: str) -> list[str]:
+    peer = VMS[1 - VMS.index(vm.name)]
+    d = Path(vm.dir)
+    return [
+        QEMU, "-name", f"hwt-{st.token}-{vm.name},process=hwt-{st.token}-{vm.name}",
+        "-machine", "pc", "-accel", "tcg", "-cpu", "max", "-smp", str(st.smp), "-m", str(st.memory_mb),
+        "-nographic", "-nodefaults", "-no-reboot", "-no-user-config",
+        "-kernel", image, "-initrd", initrd, "-append", cmdline,
+        "-netdev", f"user,id=mgmt,restrict=on,hostfwd=tcp:127.0.0.1:{vm.port}-:22",
+        "-device", f"virtio-net-pci,netdev=mgmt,mac={MAC_MGMT[vm.name]},romfile=",
+        "-netdev", (f"dgram,id=data,local.type=unix,local.path={_sock(st, vm.name)},"
+                    f"remote.type=unix,remote.path={_sock(st, peer)}"),
+        "-device", f"virtio-net-pci,netdev=data,mac={MAC_DATA[vm.name]},mq=on,vectors=10,romfile=",
+        "-chardev", f"file,id=con,path={d / 'console.log'}",
+        "-serial", "chardev:con",
+        "-monitor", "none",
+    ]
+
+
+def _launch(state_dir: Path, st: LabState, vm: VMState, label: str, image: str, initrd: str,
+            cmdline: str) -> VMState:
+    d = Path(vm.dir)
+    con = d / "console.log"
+    if con.exists():
+        os.replace(con, d / "console.prev.log")
+    Path(_sock(st, vm.name)).unlink(missing_ok=True)
+    vm.kernel, vm.release, vm.boot_id, vm.pid, vm.ready_s = label, st.kernels[label]["release"], "", 0, 0.0
+    _put_vm(st, vm)
+    _save(state_dir, st)          # journal before starting
+    log = open(d / "qemu.log", "ab")
+    try:
+        proc = subprocess.Popen(qemu_argv(st, vm, image, initrd, cmdline), stdin=subprocess.DEVNULL,
+                                stdout=log, stderr=log, start_new_session=True, cwd=d)
+    finally:
+        log.close()
+    vm.pid = proc.pid
+    vm.launched = time.time()
+    _put_vm(st, vm)
+    _save(state_dir, st)
+    return vm
+
+
+def _tail(path: Path, n: int = 6) -> str:
+    try:
+        txt = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    txt = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]|\x1bc", "", txt)
+    lines = [ln.strip() for ln in txt.splitlines() if ln.strip()]
+    return " | ".join(lines[-n:])
+
+
+def _ssh_probe(port: int, key: str, known_hosts: str, timeout: float = 5.0) -> tuple[str, str]:
+    """(uname -r, boot id) over SSH, the host key checked against known_hosts."""
+    import paramiko
+    c = paramiko.SSHClient()
+    c.load_host_keys(known_hosts)
+    c.set_missing_host_key_policy(paramiko.RejectPolicy())
+    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    try:
+        c.connect("127.0.0.1", port=port, username="root", key_filename=key, sock=sock, timeout=timeout,
+                  banner_timeout=timeout, auth_timeout=timeout, allow_agent=False, look_for_keys=False)
+        _, out, _ = c.exec_command("uname -r; cat /proc/sys/kernel/random/boot_id", timeout=timeout)
+        words = out.read().decode().split()
+    finally:
+        c.close()
+        sock.close()
+    if len(words) < 2:
+        raise OSError("no answer to uname")
+    return words[0], words[1]
+
+
+def _wait_ready(state_dir: Path, st: LabState, names: list[str], timeout: float = BOOT_TIMEOUT,
+                progress: Callable[[str], None] = lambda s: None) -> None:
+    """Wait until each VM's sshd answers for the boot its console announced; verify the release."""
+    import paramiko
+    pending = {n: _vm(st, n) for n in names}
+    t0 = time.monotonic()
+    deadline = t0 + timeout
+    last: dict[str, str] = {n: "no READY line on the console yet" for n in names}
+    while pending:
+        for name, vm in list(pending.items()):
+            d = Path(vm.dir)
+            if not _alive(vm.pid):
+                _reap(vm.pid)
+                raise InfraError(f"vm lab: {name}: QEMU exited during boot ({_tail(d / 'qemu.log', 3)}; "
+                                 f"console: {_tail(d / 'console.log')})")
+            m = READY_RE.search((d / "console.log").read_text(errors="replace")) if (d / "console.log").exists() else None
+            if m is None:
+                continue
+            try:
+                rel, boot = _ssh_probe(vm.port, str(state_dir / "client_key"), str(d / "known_hosts"))
+            except paramiko.BadHostKeyException:
+                raise InfraError(f"vm lab: {name}: SSH host key on 127.0.0.1:{vm.port} does not match the one "
+                                 "made for this VM: something else answers on that port") from None
+            except (OSError, EOFError, paramiko.SSHException) as exc:
+                last[name] = f"ssh: {exc}"
+                continue
+            if boot != m.group(1):
+                last[name] = "ssh answered for another boot"
+                continue
+            if vm.release and rel != vm.release:
+                raise InfraError(f"vm lab: {name}: booted {rel}, expected {vm.release}")
+            vm.release, vm.boot_id = rel, boot
+            vm.ready_s = round(time.time() - vm.launched, 2)
+            _put_vm(st, vm)
+            _save(state_dir, st)
+            progress(f"vm lab: {name} up on {vm.kernel} ({rel}), SSH 127.0.0.1:{vm.port}, "
+                     f"{vm.ready_s:.1f} s after launch")
+            del pending[name]
+        if not pending:
+            break
+        if time.monotonic() > deadline:
+            why = "; ".join(f"{n}: {last[n]} (console: {_tail(Path(v.dir) / 'console.log', 3)})"
+                            for n, v in pending.items())
+            raise InfraError(f"vm lab: not reachable over SSH within {timeout:g} s: {why}")
+        time.sleep(0.2)
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def up(state_dir: Path, kernels: list[str] | None = None,
+       progress: Callable[[str], None] = print) -> Path:
+    """Boot the two VMs on the first kernel of `kernels` and write the inventory; return its path."""
+    preflight()
+    state_dir = Path(state_dir).resolve()
+    if load_state(state_dir) is not None:
+        down(state_dir)
+    elif state_dir.exists() and any(state_dir.iterdir()):
+        raise InputError(f"vm lab: {state_dir} exists and is not a VM lab state dir; choose an empty path")
+    state_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(state_dir, 0o700)
+    st = LabState(token=secrets.token_hex(4), created=time.time())
+    _save(state_dir, st)
+    try:
+        _build(state_dir, st, kernels, progress)
+    except BaseException:
+        down(state_dir)
+        raise
+    return Path(st.inventory)
+
+
+def _build(state_dir: Path, st: LabState, kernels: list[str] | None, progress) -> None:
+    releases = list(kernels) if kernels else default_releases()
+    if len(set(releases)) != len(releases):
+        raise InputError(f"vm lab: kernel listed twice: {', '.join(releases)}")
+    for r in releases:
+        if not re.match(r"^[0-9][A-Za-z0-9.+~_-]*$", r):
+            raise InputError(f"vm lab: not a kernel release: {r!r}")
+    labels = labels_for(releases)
+    cache = vmimage.cache_root()
+
+    # sockets: a UNIX socket path must stay under 108 bytes
+    sock_dir = state_dir / "sock"
+    if len(str(sock_dir)) > 80:
+        st.sock_dir, st.sock_dir_owned = tempfile.mkdtemp(prefix=f"hwt-{st.token}-"), True
+    else:
+        sock_dir.mkdir(mode=0o700)
+        st.sock_dir = str(sock_dir)
+    _save(state_dir, st)
+
+    files: dict[str, KernelFiles] = {}
+    for label, rel in labels.items():
+        files[label] = kf = fetch_kernel(rel, cache, progress)
+        st.kernels[label] = {"release": rel, "image": str(kf.vmlinuz), "config": str(kf.config or ""),
+                             "headers": str(kf.headers_dir or ""), "modules": str(kf.modules_dir)}
+    t0 = time.monotonic()
+    base = vmimage.build_base(cache)
+    mods = {label: vmimage.build_modules(kf.modules_dir, kf.release, kf.config, cache)
+            for label, kf in files.items()}
+    progress(f"vm lab: guest images ready in {time.monotonic() - t0:.1f} s ({base.name})")
+
+    client_key = state_dir / "client_key"
+    _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "hwtests-vmlab-client", "-f", str(client_key)])
+    authorized = Path(f"{client_key}.pub").read_bytes()
+    boot_label = next(iter(labels))
+    hosts: dict[str, Any] = {}
+    for name in VMS:
+        d = state_dir / name
+        d.mkdir(mode=0o700)
+        _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"hwtests-{name}",
+              "-f", str(d / "host_key")])
+        ident = vmimage.build_identity(d / "identity.cpio", d / "host_key", authorized)
+        vm = VMState(name=name, port=free_port(), dir=str(d))
+        pub = (d / "host_key.pub").read_text().split()
+        (d / "known_hosts").write_text(f"[127.0.0.1]:{vm.port} {pub[0]} {pub[1]}\n")
+        kb = {}
+        for label, kf in files.items():
+            initrd = vmimage.assemble(d / f"initrd-{label}.img", [base, mods[label], ident])
+            kb[label] = {"image": str(kf.vmlinuz), "initrd": str(initrd), "cmdline": _cmdline_for(name),
+                         "release": kf.release}
+            if kf.headers_dir:
+                kb[label]["headers"] = str(kf.headers_dir)
+        _put_vm(st, vm)
+        hosts[name] = {
+            "ssh": {"host": "127.0.0.1", "port": vm.port, "user": "root", "key": str(client_key),
+                    "known_hosts": str(d / "known_hosts")},
+            "nics": {"data": {"ifname": "data0", "ipv4": DATA4[name], "ipv6": DATA6[name]}},
+            "kernels": kb,
+            "vm": {"state_dir": str(state_dir), "name": name, "memory_mb": st.memory_mb, "smp": st.smp,
+                   "boot_kernel": boot_label, "console": str(d / "console.log"), "machine": "pc", "accel": "tcg"},
+        }
+    _save(state_dir, st)
+    for name in VMS:
+        kb = hosts[name]["kernels"][boot_label]
+        _launch(state_dir, st, _vm(st, name), boot_label, kb["image"], kb["initrd"], kb["cmdline"])
+    _wait_ready(state_dir, st, list(VMS), progress=progress)
+
+    inv = {"defaults": {"command_timeout": 120, "connect_timeout": 15}, "hosts": hosts,
+           "pairs": [{"name": "vm", "rx": {"host": "vm-a", "nic": "data"}, "tx": {"host": "vm-b", "nic": "data"}}]}
+    path = state_dir / "inventory.yaml"
+    path.write_text("# written by `hwtests lab up --kind vm`; removed by `hwtests lab down --kind vm`\n"
+                    + yaml.safe_dump(inv, sort_keys=False))
+    st.inventory = str(path)
+    _save(state_dir, st)
+
+
+def down(state_dir: Path, progress: Callable[[str], None] = lambda s: None) -> None:
+    """Stop exactly the QEMUs this lab started and remove the state dir."""
+    state_dir = Path(state_dir).resolve()
+    st = load_state(state_dir)
+    if st is not None:
+        pids = [VMState(**v).pid for v in st.vms.values()]
+        for pid in pids:
+            if pid:
+                _kill(pid, st.token)
+        for pid in _stray_pids(st.token):
+            _kill(pid, st.token)
+        if st.sock_dir_owned and st.sock_dir:
+            shutil.rmtree(st.sock_dir, ignore_errors=True)
+        progress(f"vm lab: stopped {', '.join(str(p) for p in pids if p) or 'nothing'}")
+    elif state_dir.exists() and any(state_dir.iterdir()) and not (state_dir / "client_key").exists():
+        return          # not ours: never remove a directory the lab did not make
+    if state_dir.exists():
+        shutil.rmtree(state_dir, ignore_errors=True)
+
+
+def status(state_dir: Path) -> dict:
+    state_dir = Path(state_dir).resolve()
+    st = load_state(state_dir)
+    if st is None:
+        return {"kind": "vm", "up": False, "state_dir": str(state_dir)}
+    hosts = {}
+    for name, v in st.vms.items():
+        vm = VMState(**v)
+        alive = _alive(vm.pid) and _ours(vm.pid, st.token)
+        hosts[name] = {"pid": vm.pid, "alive": alive, "ssh_port": vm.port, "kernel": vm.kernel,
+                       "release": vm.release, "boot_id": vm.boot_id, "ready_s": vm.ready_s}
+    ok = bool(st.inventory) and len(hosts) == len(VMS) and all(h["alive"] for h in hosts.values())
+    return {"kind": "vm", "up": ok, "state_dir": str(state_dir), "inventory": st.inventory,
+            "kernels": {k: v["release"] for k, v in st.kernels.items()}, "hosts": hosts}
+
+
+def switch_kernel(inventory_host, label: str, timeout: float = BOOT_TIMEOUT,
+                  progress: Callable[[str], None] = lambda s: None) -> None:
+    """Restart one VM on kernel build `label`; wait for SSH; check release and a new boot id."""
+    vmcfg = getattr(inventory_host, "vm", None) or {}
+    if "state_dir" not in vmcfg or "name" not in vmcfg:
+        raise InputError(f"host '{inventory_host.name}' is not a VM of the VM lab (no vm.state_dir/vm.name)")
+    kernels = inventory_host.kernels
+    if label not in kernels:
+        raise InputError(f"host '{inventory_host.name}' has no kernel build '{label}' "
+                         f"(builds: {', '.join(kernels)})")
+    kb = kernels[label]
+    state_dir = Path(vmcfg["state_dir"])
+    st = load_state(state_dir)
+    if st is None:
+        raise InfraError(f"vm lab: no lab state in {state_dir} (is the lab up?)")
+    name = vmcfg["name"]
+    if name not in st.vms:
+        raise InfraError(f"vm lab: {state_dir} has no VM '{name}'")
+    vm = _vm(st, name)
+    old_boot = vm.boot_id
+    if label not in st.kernels:
+        st.kernels[label] = {"release": kb.release or "", "image": kb.image}
+    elif kb.release:
+        st.kernels[label]["release"] = kb.release
+    if vm.pid:
+        _kill(vm.pid, st.token)
+    vm = _launch(state_dir, st, vm, label, kb.image, kb.initrd, kb.cmdline or _cmdline_for(name))
+    _wait_ready(state_dir, st, [name], timeout=timeout, progress=progress)
+    vm = _vm(st, name)
+    if old_boot and vm.boot_id == old_boot:
+        raise InfraError(f"vm lab: {name}: boot id unchanged after the restart")
+    if kb.release and vm.release != kb.release:
+        raise InfraError(f"vm lab: {name}: runs {vm.release}, expected {kb.release}")

@@ -356,6 +356,8 @@ def preflight() -> None:
 def _cmdline_for(name: str) -> str:
     return " ".join([
         "console=ttyS0", "quiet", "panic=-1",
+        # each saves TCG boot time (measured: -0.6 s together) without touching networking
+        "no_timer_check", "tsc=reliable", "8250.nr_uarts=1", "cryptomgr.notests",
         f"hwt.hostname={name}", f"hwt.mgmtmac={MAC_MGMT[name]}", f"hwt.datamac={MAC_DATA[name]}",
         f"hwt.mgmt4={MGMT4}", f"hwt.data4={DATA4[name]}", f"hwt.data6={DATA6[name]}",
     ])

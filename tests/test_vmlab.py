@@ -1,0 +1,302 @@
+"""The QEMU (TCG) VM lab: real Debian kernels, real sshd, a VM-to-VM data link.
+
+The lab boots once per session (`vm_lab`). Where it cannot be built (no QEMU,
+no package index, ...) its tests skip naming why, except in CI (CI=true), where
+an unavailable VM lab is a failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from hwtests import hostconn, inventory, labvm, vmimage
+from hwtests.errors import HwtestsError
+from hwtests.transport import HostKeyError
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+CLI = [sys.executable, "-m", "hwtests.cli"]
+
+
+def unavailable(reason: str):
+    if IN_CI:
+        pytest.fail(f"required in CI: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+class Lab:
+    def __init__(self, inv_path: Path, state: Path):
+        self.inv_path = inv_path
+        self.state = state
+        self.inv = inventory.load(inv_path)
+
+    def host(self, name: str):
+        return self.inv.hosts[name]
+
+    def t(self, name: str):
+        return hostconn.connect(self.host(name), self.inv.defaults, self.inv)
+
+    def run(self, name: str, cmd, **kw):
+        t = self.t(name)
+        try:
+            return t.run(cmd, **kw)
+        finally:
+            t.close()
+
+    def label_of(self, series: str) -> str:
+        return next(lb for lb, kb in self.host("vm-a").kernels.items() if labvm.series_of(kb.release) == series)
+
+
+@pytest.fixture(scope="session")
+def lab_releases() -> list[str]:
+    try:
+        labvm.preflight()
+        return labvm.default_releases()
+    except HwtestsError as exc:
+        unavailable(str(exc))
+
+
+@pytest.fixture(scope="session")
+def vm_lab(tmp_path_factory, lab_releases):
+    state = tmp_path_factory.mktemp("vmlab") / "state"
+    try:
+        inv = labvm.up(state, kernels=lab_releases, progress=lambda s: None)
+    except HwtestsError as exc:
+        unavailable(f"VM lab cannot be built: {exc}")
+    try:
+        yield Lab(inv, state)
+    finally:
+        labvm.down(state)
+
+
+def _boot_id(lab: Lab, name: str) -> str:
+    return lab.run(name, "cat /proc/sys/kernel/random/boot_id", timeout=20).stdout.strip()
+
+
+# ---------------------------------------------------------------- no VM needed
+
+
+def test_qemu_argv_keeps_the_lab_off_the_network(tmp_path):
+    st = labvm.LabState(token="t0k3n", sock_dir=str(tmp_path / "s"), kernels={"k": {"release": "6.12.1"}})
+    vm = labvm.VMState(name="vm-a", port=40022, dir=str(tmp_path))
+    argv = labvm.qemu_argv(st, vm, "/k/vmlinuz", "/k/initrd", "console=ttyS0")
+    line = " ".join(argv)
+    assert "user,id=mgmt,restrict=on,hostfwd=tcp:127.0.0.1:40022-:22" in line
+    assert "dgram,id=data,local.type=unix" in line and "remote.type=unix" in line
+    for banned in ("tap", "bridge", "hostfwd=tcp::", "0.0.0.0", "-accel kvm", "vhost"):
+        assert banned not in line, banned
+    assert "hwt-t0k3n-vm-a" in line          # how down() recognises its own processes
+
+
+def test_cpio_archive_is_readable_by_cpio(tmp_path):
+    if shutil.which("cpio") is None:
+        pytest.skip("cpio not installed")
+    t = vmimage.Tree()
+    t.file("/etc/x/y.txt", b"hello", 0o600)
+    t.symlink("/bin/sh", "/bin/busybox")
+    t.chardev("/dev/console", 5, 1)
+    data = t.cpio()
+    p = subprocess.run(["cpio", "-itv", "--quiet"], input=data, capture_output=True, timeout=10)
+    out = p.stdout.decode()
+    assert p.returncode == 0, p.stderr
+    assert "etc/x/y.txt" in out and "bin/sh -> /bin/busybox" in out and "dev/console" in out
+    assert vmimage.Tree(dict(t.entries)).key() == t.key()     # stable key for the cache
+
+
+def test_labels_for_releases():
+    assert labvm.labels_for(["6.12.117+deb12-cloud-amd64", "6.1.0-56-cloud-amd64"]) == {
+        "deb6.12": "6.12.117+deb12-cloud-amd64", "deb6.1": "6.1.0-56-cloud-amd64"}
+    two = labvm.labels_for(["6.1.0-55-cloud-amd64", "6.1.0-56-cloud-amd64"])
+    assert list(two) == ["6.1.0-55-cloud-amd64", "6.1.0-56-cloud-amd64"]
+
+
+def test_down_leaves_foreign_directories_alone(tmp_path):
+    (tmp_path / "keep.txt").write_text("x")
+    labvm.down(tmp_path)
+    assert (tmp_path / "keep.txt").exists()
+
+
+# ---------------------------------------------------------------- the lab
+
+
+@pytest.mark.vmlab
+def test_up_both_vms_reachable_with_verified_host_keys(vm_lab, lab_releases):
+    boot_release = lab_releases[0]
+    for name in labvm.VMS:
+        r = vm_lab.run(name, "uname -r; hostname", timeout=20)
+        release, hostname = r.stdout.split()
+        assert release == boot_release
+        assert hostname == name
+        ssh = vm_lab.host(name).ssh
+        assert ssh.host == "127.0.0.1" and ssh.known_hosts and Path(ssh.known_hosts).exists()
+    # a known_hosts holding another key for the same port is refused
+    other = vm_lab.state / "other_known_hosts"
+    a, b = vm_lab.host("vm-a").ssh, vm_lab.host("vm-b").ssh
+    b_key = Path(b.known_hosts).read_text().split()[1:]
+    other.write_text(f"[127.0.0.1]:{a.port} {' '.join(b_key)}\n")
+    a.known_hosts = str(other)
+    try:
+        with pytest.raises(HostKeyError):
+            vm_lab.run("vm-a", "true", timeout=20)
+    finally:
+        vm_lab.inv = inventory.load(vm_lab.inv_path)
+
+
+@pytest.mark.vmlab
+def test_inventory_lists_every_kernel_build(vm_lab, lab_releases):
+    for name in labvm.VMS:
+        h = vm_lab.host(name)
+        assert sorted(kb.release for kb in h.kernels.values()) == sorted(lab_releases)
+        for kb in h.kernels.values():
+            assert Path(kb.image).is_file() and Path(kb.initrd).is_file()
+            assert f"hwt.hostname={name}" in kb.cmdline
+            assert kb.headers is None or Path(kb.headers).is_dir()
+        assert h.vm["name"] == name and h.vm["memory_mb"] > 0 and h.vm["smp"] >= 1
+        assert h.nics["data"].ifname == "data0"
+    assert list(vm_lab.inv.pairs) == ["vm"]
+
+
+@pytest.mark.vmlab
+def test_status_reports_running_vms(vm_lab):
+    st = labvm.status(vm_lab.state)
+    assert st["up"] is True
+    for name in labvm.VMS:
+        h = st["hosts"][name]
+        assert h["alive"] and h["pid"] > 0 and h["ssh_port"] == vm_lab.host(name).ssh.port
+
+
+@pytest.mark.vmlab
+def test_data_link_between_the_vms(vm_lab):
+    a, b = vm_lab.host("vm-a").nics["data"], vm_lab.host("vm-b").nics["data"]
+    r = vm_lab.run("vm-b", ["ping", "-c", "3", "-W", "3", a.addr], timeout=30)
+    assert " 0% packet loss" in r.stdout
+    r = vm_lab.run("vm-b", ["ping", "-6", "-c", "2", "-W", "3", a.ipv6.split("/")[0]], timeout=30)
+    assert " 0% packet loss" in r.stdout
+    ta, tb = vm_lab.t("vm-a"), vm_lab.t("vm-b")
+    try:
+        srv = ta.start(["iperf3", "-s", "-1", "-B", a.addr, "-p", "5201"], name="iperf3-server")
+        deadline = time.monotonic() + 20
+        while f"{a.addr}:5201" not in ta.run(["ss", "-ltn"], timeout=10).stdout:
+            assert time.monotonic() < deadline, "iperf3 server did not listen"
+            time.sleep(0.2)
+        r = tb.run(["iperf3", "-c", a.addr, "-p", "5201", "-t", "2", "-J"], timeout=60)
+        res = json.loads(r.stdout)
+        assert res["end"]["sum_received"]["bytes"] > 1_000_000
+        srv.wait(timeout=20)
+        # the data address is not reachable from the management side: sshd listens on mgmt0 only
+        r = tb.run(f"nc -w 2 {a.addr} 22 </dev/null; echo rc=$?", timeout=20, check=False)
+        assert "SSH-2.0" not in r.stdout
+    finally:
+        ta.close()
+        tb.close()
+
+
+@pytest.mark.vmlab
+def test_switch_kernel_and_back(vm_lab, lab_releases):
+    by_series = {labvm.series_of(r): r for r in lab_releases}
+    if not {"6.1", "6.12"} <= by_series.keys():
+        pytest.skip("needs a 6.1 and a 6.12 kernel")
+    l61, l612 = vm_lab.label_of("6.1"), vm_lab.label_of("6.12")
+    host = vm_lab.host("vm-a")
+    start = vm_lab.run("vm-a", "uname -r", timeout=20).stdout.strip()
+    plan = [l61, l612] if start == by_series["6.12"] else [l612, l61]
+    for label in plan:
+        before = _boot_id(vm_lab, "vm-a")
+        labvm.switch_kernel(host, label)
+        r = vm_lab.run("vm-a", "uname -r; cat /proc/sys/kernel/random/boot_id; "
+                       "test -e /dev/udmabuf && echo udmabuf=yes || echo udmabuf=no", timeout=20)
+        release, boot, udma = r.stdout.split()
+        assert release == host.kernels[label].release
+        assert boot != before
+        assert udma == ("udmabuf=yes" if label == l612 else "udmabuf=no")
+        # the peer still reaches the restarted VM over the data link
+        r = vm_lab.run("vm-b", ["ping", "-c", "2", "-W", "3", host.nics["data"].addr], timeout=30)
+        assert " 0% packet loss" in r.stdout
+        assert labvm.status(vm_lab.state)["hosts"]["vm-a"]["kernel"] == label
+
+
+@pytest.mark.vmlab
+def test_udmabuf_only_on_6_12(vm_lab, lab_releases):
+    rels = {labvm.series_of(r) for r in lab_releases}
+    if not {"6.1", "6.12"} <= rels:
+        pytest.skip("needs a 6.1 and a 6.12 kernel")
+    for name in labvm.VMS:
+        r = vm_lab.run(name, "uname -r; test -e /dev/udmabuf && echo yes || echo no", timeout=20)
+        release, udma = r.stdout.split()
+        assert udma == ("yes" if labvm.series_of(release) == "6.12" else "no"), release
+
+
+def _procs_mentioning(text: str) -> list[int]:
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit() and int(d) != os.getpid():
+            try:
+                with open(f"/proc/{d}/cmdline", "rb") as f:
+                    if text.encode() in f.read():
+                        with open(f"/proc/{d}/stat") as s:
+                            if s.read().rsplit(")", 1)[1].split()[0] != "Z":
+                                out.append(int(d))
+            except OSError:
+                pass
+    return out
+
+
+@pytest.mark.vmlab
+def test_cli_up_status_down_leaves_nothing(tmp_path, lab_releases):
+    state = tmp_path / "cli-lab"
+    pids: list[int] = []
+    one = [r for r in lab_releases if labvm.series_of(r) == "6.1"] or lab_releases[:1]
+    try:
+        p = subprocess.run(CLI + ["lab", "up", "--kind", "vm", "--state-dir", str(state), "--kernels", one[0],
+                                  "--json"], capture_output=True, text=True, timeout=300)
+        assert p.returncode == 0, p.stderr
+        inv = Path(json.loads(p.stdout)["inventory"])
+        assert inv.is_file()
+        p = subprocess.run(CLI + ["lab", "status", "--kind", "vm", "--state-dir", str(state), "--json"],
+                           capture_output=True, text=True, timeout=60)
+        st = json.loads(p.stdout)
+        assert p.returncode == 0 and st["up"]
+        pids = [h["pid"] for h in st["hosts"].values()]
+        assert len(pids) == 2 and set(pids) <= set(_procs_mentioning(str(state)))
+    finally:
+        p = subprocess.run(CLI + ["lab", "down", "--kind", "vm", "--state-dir", str(state)],
+                           capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    for pid in pids:
+        assert not labvm._alive(pid), f"QEMU {pid} still running"
+    assert _procs_mentioning(str(state)) == []
+    assert not state.exists()
+
+
+@pytest.mark.vmlab
+def test_down_after_a_crashed_up(tmp_path, lab_releases):
+    """`up` killed while QEMU boots: `down` still stops exactly its QEMUs and removes everything."""
+    state = tmp_path / "crash-lab"
+    one = [r for r in lab_releases if labvm.series_of(r) == "6.1"] or lab_releases[:1]
+    proc = subprocess.Popen(CLI + ["lab", "up", "--kind", "vm", "--state-dir", str(state), "--kernels", one[0]],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    pids: list[int] = []
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and len(pids) < 2:
+            st = labvm.load_state(state)
+            pids = [v["pid"] for v in (st.vms.values() if st else []) if v.get("pid")]
+            time.sleep(0.1)
+        assert len(pids) == 2, "up never started both VMs"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)   # only the CLI's own group; QEMU runs in its own session
+        proc.wait(timeout=20)
+    assert all(labvm._alive(p) for p in pids)      # orphaned, still running
+    labvm.down(state)
+    for pid in pids:
+        assert not labvm._alive(pid)
+    assert _procs_mentioning(str(state)) == []
+    assert not state.exists()

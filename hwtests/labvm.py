@@ -536,6 +536,7 @@ def _build(state_dir: Path, st: LabState, kernels: list[str] | None, progress) -
         st.kernels[label] = {"release": rel, "image": str(kf.vmlinuz), "config": str(kf.config or ""),
                              "headers": str(kf.headers_dir or ""), "modules": str(kf.modules_dir)}
     t0 = time.monotonic()
+    vmimage.prune(cache)
     base = vmimage.build_base(cache)
     mods = {label: vmimage.build_modules(kf.modules_dir, kf.release, kf.config, cache)
             for label, kf in files.items()}

@@ -234,6 +234,42 @@ def test_udmabuf_only_on_6_12(vm_lab, lab_releases):
         assert udma == ("yes" if labvm.series_of(release) == "6.12" else "no"), release
 
 
+HELLO_C = """#include <linux/module.h>
+static int __init hwt_hello_init(void) { pr_info("hwt-hello loaded\\n"); return 0; }
+static void __exit hwt_hello_exit(void) { }
+module_init(hwt_hello_init);
+module_exit(hwt_hello_exit);
+MODULE_LICENSE("GPL");
+"""
+
+
+@pytest.mark.vmlab
+def test_module_built_against_inventory_headers_loads(vm_lab, tmp_path):
+    """The headers dir the inventory lists builds modules the VM's running kernel accepts."""
+    if not (shutil.which("make") and shutil.which("gcc")):
+        unavailable("module builds need make and gcc on the controller")
+    release = vm_lab.run("vm-b", "uname -r", timeout=20).stdout.strip()
+    kb = next(kb for kb in vm_lab.host("vm-b").kernels.values() if kb.release == release)
+    assert kb.headers and Path(kb.headers).is_dir()
+    src = tmp_path / "hello"
+    src.mkdir()
+    (src / "hwt_hello.c").write_text(HELLO_C)
+    (src / "Kbuild").write_text("obj-m := hwt_hello.o\n")
+    # no pahole on the controller: skip BTF for the module
+    p = subprocess.run(["make", "-s", "-C", kb.headers, f"M={src}", "CONFIG_DEBUG_INFO_BTF_MODULES=", "modules"],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    t = vm_lab.t("vm-b")
+    try:
+        ko = t.upload(src / "hwt_hello.ko")
+        t.run(["insmod", ko], timeout=30)
+        assert "hwt_hello" in t.run("cat /proc/modules", timeout=10).stdout
+        assert "hwt-hello loaded" in t.run("dmesg | tail -20", timeout=10).stdout
+        t.run(["rmmod", "hwt_hello"], timeout=30)
+    finally:
+        t.close()
+
+
 def _procs_mentioning(text: str) -> list[int]:
     out = []
     for d in os.listdir("/proc"):

@@ -50,6 +50,10 @@ BINARIES: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("/usr/bin/ss", ("/usr/bin/ss", "/usr/sbin/ss", "/bin/ss"), "iproute2"),
     ("/usr/bin/rm", ("/usr/bin/rm", "/bin/rm"), "coreutils"),  # busybox rm lacks --one-file-system
 )
+# Shared libraries that binaries built on the controller and uploaded (traffic tools) may link;
+# copied when this machine has them (Debian liburing2, libnuma1).
+OPTIONAL_LIBS = ("liburing.so.2", "libnuma.so.1")
+LIB_DIRS = ("/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu")
 BUSYBOX_CANDIDATES = ("/bin/busybox", "/usr/bin/busybox")
 
 # Kernel modules the guest loads when the kernel does not build them in (deps are added).
@@ -245,6 +249,12 @@ def base_tree(fixtures: Path = FIXTURES) -> Tree:
         t.file(guest, Path(src).read_bytes(), 0o755)
         for gp, hp in _ldd(src):
             libs[gp] = hp
+    for lib in OPTIONAL_LIBS:
+        src = next((f"{d}/{lib}" for d in LIB_DIRS if os.path.exists(f"{d}/{lib}")), None)
+        if src is not None and f"/lib/x86_64-linux-gnu/{lib}" not in libs:
+            libs[f"/lib/x86_64-linux-gnu/{lib}"] = os.path.realpath(src)
+            for gp, hp in _ldd(src):
+                libs.setdefault(gp, hp)
     for gp, hp in sorted(libs.items()):
         t.file(gp, Path(hp).read_bytes(), 0o755)
     # sbin aliases for the real tools (scripts call /sbin/ip, /sbin/ethtool)

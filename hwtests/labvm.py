@@ -389,9 +389,9 @@ def qemu_argv(st: LabState, vm: VMState, image: str, initrd: str, cmdline: str) 
 def _launch(state_dir: Path, st: LabState, vm: VMState, label: str, image: str, initrd: str,
             cmdline: str) -> VMState:
     d = Path(vm.dir)
-    con = d / "console.log"
-    if con.exists():
-        os.replace(con, d / "console.prev.log")
+    for log_name in ("console", "qemu"):
+        if (d / f"{log_name}.log").exists():
+            os.replace(d / f"{log_name}.log", d / f"{log_name}.prev.log")
     Path(_sock(st, vm.name)).unlink(missing_ok=True)
     vm.kernel, vm.release, vm.boot_id, vm.pid, vm.ready_s = label, st.kernels[label]["release"], "", 0, 0.0
     _put_vm(st, vm)
@@ -440,6 +440,12 @@ def _ssh_probe(port: int, key: str, known_hosts: str, timeout: float = 5.0) -> t
     return words[0], words[1]
 
 
+class _PortBusy(InfraError):
+    def __init__(self, name: str, msg: str):
+        super().__init__(msg)
+        self.name = name
+
+
 def _wait_ready(state_dir: Path, st: LabState, names: list[str], timeout: float = BOOT_TIMEOUT,
                 progress: Callable[[str], None] = lambda s: None) -> None:
     """Wait until each VM's sshd answers for the boot its console announced; verify the release."""
@@ -453,6 +459,9 @@ def _wait_ready(state_dir: Path, st: LabState, names: list[str], timeout: float 
             d = Path(vm.dir)
             if not _alive(vm.pid):
                 _reap(vm.pid)
+                qlog = _tail(d / "qemu.log", 3)
+                if "host forwarding" in qlog or "hostfwd" in qlog:
+                    raise _PortBusy(name, f"vm lab: {name}: SSH forward port {vm.port} is taken ({qlog})")
                 raise InfraError(f"vm lab: {name}: QEMU exited during boot ({_tail(d / 'qemu.log', 3)}; "
                                  f"console: {_tail(d / 'console.log')})")
             m = READY_RE.search((d / "console.log").read_text(errors="replace")) if (d / "console.log").exists() else None
@@ -576,7 +585,21 @@ def _build(state_dir: Path, st: LabState, kernels: list[str] | None, progress) -
     for name in VMS:
         kb = hosts[name]["kernels"][boot_label]
         _launch(state_dir, st, _vm(st, name), boot_label, kb["image"], kb["initrd"], kb["cmdline"])
-    _wait_ready(state_dir, st, list(VMS), progress=progress)
+    for attempt in range(3):
+        try:
+            _wait_ready(state_dir, st, [n for n in VMS if not _vm(st, n).boot_id], progress=progress)
+            break
+        except _PortBusy as exc:     # another program bound the port between our pick and QEMU's
+            if attempt == 2:
+                raise
+            vm = _vm(st, exc.name)
+            vm.port = free_port()
+            pub = (Path(vm.dir) / "host_key.pub").read_text().split()
+            (Path(vm.dir) / "known_hosts").write_text(f"[127.0.0.1]:{vm.port} {pub[0]} {pub[1]}\n")
+            hosts[exc.name]["ssh"]["port"] = vm.port
+            progress(f"vm lab: {exc}; retrying on port {vm.port}")
+            kb = hosts[exc.name]["kernels"][boot_label]
+            _launch(state_dir, st, vm, boot_label, kb["image"], kb["initrd"], kb["cmdline"])
 
     inv = {"defaults": {"command_timeout": 120, "connect_timeout": 15}, "hosts": hosts,
            "pairs": [{"name": "vm", "rx": {"host": "vm-a", "nic": "data"}, "tx": {"host": "vm-b", "nic": "data"}}]}

@@ -336,3 +336,25 @@ def test_down_after_a_crashed_up(tmp_path, lab_releases):
         assert not labvm._alive(pid)
     assert _procs_mentioning(str(state)) == []
     assert not state.exists()
+
+
+@pytest.mark.vmlab
+def test_up_retries_when_the_ssh_port_is_taken(tmp_path, lab_releases, monkeypatch):
+    import socket
+    one = [r for r in lab_releases if labvm.series_of(r) == "6.1"] or lab_releases[:1]
+    squatter = socket.socket()
+    squatter.bind(("127.0.0.1", 0))
+    squatter.listen(1)
+    taken = squatter.getsockname()[1]
+    real = labvm.free_port
+    calls = []
+    monkeypatch.setattr(labvm, "free_port", lambda: calls.append(1) or (taken if len(calls) == 1 else real()))
+    state = tmp_path / "port-lab"
+    try:
+        inv = inventory.load(labvm.up(state, kernels=one, progress=lambda s: None))
+        assert inv.hosts["vm-a"].ssh.port != taken
+        lab = Lab(state / "inventory.yaml", state)
+        assert lab.run("vm-a", "uname -r", timeout=20).stdout.strip() == one[0]
+    finally:
+        labvm.down(state)
+        squatter.close()

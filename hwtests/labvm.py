@@ -23,6 +23,7 @@ the state dir, also after a crashed `up`.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -205,6 +206,13 @@ def fetch_kernel(release: str, cache: Path, progress: Callable[[str], None]) -> 
 
 def _fetch_own(release: str, kdir: Path, progress, headers: bool) -> KernelFiles:
     root = kdir / f"vmlab-{release}"
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".lock", "w") as lock:      # parallel `up`s (pytest -n) share the cache
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _fetch_own_locked(release, root, progress, headers)
+
+
+def _fetch_own_locked(release: str, root: Path, progress, headers: bool) -> KernelFiles:
     img = root / "image"
     if not (img / ".complete").exists():
         progress(f"vm lab: downloading kernel {release}")

@@ -110,6 +110,21 @@ def load_state(state_dir: Path) -> LabState | None:
         return None
 
 
+def _save_vm(state_dir: Path, st: LabState, vm: VMState) -> None:
+    """Record one VM's state; other VMs' entries on disk are kept (switches may run in parallel)."""
+    _put_vm(st, vm)
+    with open(Path(state_dir) / ".state.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        disk = load_state(state_dir)
+        if disk is not None and disk.token == st.token:
+            for name, v in disk.vms.items():
+                if name != vm.name:
+                    st.vms[name] = v
+            for label, k in disk.kernels.items():
+                st.kernels.setdefault(label, k)
+        _save(state_dir, st)
+
+
 def _vm(st: LabState, name: str) -> VMState:
     return VMState(**st.vms[name])
 
@@ -402,8 +417,7 @@ def _launch(state_dir: Path, st: LabState, vm: VMState, label: str, image: str, 
             os.replace(d / f"{log_name}.log", d / f"{log_name}.prev.log")
     Path(_sock(st, vm.name)).unlink(missing_ok=True)
     vm.kernel, vm.release, vm.boot_id, vm.pid, vm.ready_s = label, st.kernels[label]["release"], "", 0, 0.0
-    _put_vm(st, vm)
-    _save(state_dir, st)          # journal before starting
+    _save_vm(state_dir, st, vm)          # journal before starting
     log = open(d / "qemu.log", "ab")
     try:
         proc = subprocess.Popen(qemu_argv(st, vm, image, initrd, cmdline), stdin=subprocess.DEVNULL,
@@ -412,8 +426,7 @@ def _launch(state_dir: Path, st: LabState, vm: VMState, label: str, image: str, 
         log.close()
     vm.pid = proc.pid
     vm.launched = time.time()
-    _put_vm(st, vm)
-    _save(state_dir, st)
+    _save_vm(state_dir, st, vm)
     return vm
 
 
@@ -490,8 +503,7 @@ def _wait_ready(state_dir: Path, st: LabState, names: list[str], timeout: float 
                 raise InfraError(f"vm lab: {name}: booted {rel}, expected {vm.release}")
             vm.release, vm.boot_id = rel, boot
             vm.ready_s = round(time.time() - vm.launched, 2)
-            _put_vm(st, vm)
-            _save(state_dir, st)
+            _save_vm(state_dir, st, vm)
             progress(f"vm lab: {name} up on {vm.kernel} ({rel}), SSH 127.0.0.1:{vm.port}, "
                      f"{vm.ready_s:.1f} s after launch")
             del pending[name]

@@ -224,6 +224,35 @@ def test_switch_kernel_and_back(vm_lab, lab_releases):
 
 
 @pytest.mark.vmlab
+def test_parallel_switches_keep_both_vms_recorded(vm_lab, lab_releases):
+    """Both VMs restarted at once: state.json ends up with both new PIDs (down needs them)."""
+    import threading
+    target = vm_lab.label_of("6.1") if any(labvm.series_of(r) == "6.1" for r in lab_releases) \
+        else next(iter(vm_lab.host("vm-a").kernels))
+    before = {n: labvm.status(vm_lab.state)["hosts"][n]["pid"] for n in labvm.VMS}
+    errors: list[BaseException] = []
+
+    def switch(name):
+        try:
+            labvm.switch_kernel(vm_lab.host(name), target)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=switch, args=(n,)) for n in labvm.VMS]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=2 * labvm.BOOT_TIMEOUT)
+    assert not errors, errors
+    st = labvm.status(vm_lab.state)
+    assert st["up"]
+    for n in labvm.VMS:
+        h = st["hosts"][n]
+        assert h["pid"] != before[n] and h["alive"] and h["kernel"] == target
+        assert not labvm._alive(before[n])
+
+
+@pytest.mark.vmlab
 def test_udmabuf_only_on_6_12(vm_lab, lab_releases):
     rels = {labvm.series_of(r) for r in lab_releases}
     if not {"6.1", "6.12"} <= rels:

@@ -1,0 +1,925 @@
+"""`hwtests report`: one self-contained HTML file comparing kernel builds.
+
+The page has no external scripts, styles, fonts or images and no JavaScript: it
+opens from disk, offline, and can be mailed. Figures are matplotlib SVG inlined
+in the page; point clouds inside them are rasterized (a PNG inside the SVG) so a
+figure stays small whatever the number of samples, while axes and text stay
+vector.
+
+Scale: everything is aggregated with pandas/numpy from one `store.samples()`
+frame; a figure draws at most `MAX_POINTS` points per build (evenly spaced order
+statistics of the build's samples, min and max included, so the shape and the
+outliers survive and the output is deterministic). The raw samples are embedded
+as a CSV download (a `data:` URI, no JavaScript) up to `CSV_MAX_ROWS` rows; above
+that the page embeds the per-run summary CSV only and names the command that
+exports every row (`hwtests report ... --csv FILE`), because a 1M-row CSV as a
+data URI makes a 60+ MB page that browsers open slowly and mail servers refuse.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import hashlib
+import io
+import math
+import re
+import shlex
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from .errors import InputError
+
+MAX_POINTS = 2000          # plotted points per build and metric
+CSV_MAX_ROWS = 200_000     # raw sample rows embedded in the page
+HISTORY_MIN_RUNS = 5       # runs of a test on a pair before a history figure is drawn
+HISTORY_MAX_RUNS = 200     # most recent runs considered for history figures
+ENV_VALUE_MAX = 160        # characters of an environment value shown in a table cell
+
+# Display precision per metric (decimals) and display names.
+DECIMALS = {"cycles": 2, "ns": 2, "gbps": 2, "cpu_per_gb": 3, "link_pct": 1}
+METRIC_ORDER = {"cycles": 0, "ns": 1, "gbps": 2, "cpu_per_gb": 3, "link_pct": 4}
+VERDICT_ORDER = {"regression": 0, "incomparable": 1, "inconclusive": 2, "improvement": 3, "unchanged": 4, "none": 5}
+
+# Build colors (colorblind-safe, Okabe-Ito); the baseline is always the first.
+PALETTE = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000"]
+
+
+def add_command(sub) -> None:
+    p = sub.add_parser(
+        "report", help="write the HTML regression report of kernel builds",
+        description="Write one self-contained HTML file (no external resources, opens offline) comparing "
+        "kernel builds from the results store: verdict summary, sample and history figures, environment "
+        "diff, skipped tests, raw samples as CSV.",
+        epilog="example: hwtests report --builds base,patched --out reports/patch.html")
+    p.add_argument("--db", metavar="URL", help="results store (SQLite path or postgresql://...)")
+    p.add_argument("--builds", metavar="A,B,...", help="kernel build labels, comma-separated (default: all)")
+    p.add_argument("--baseline", metavar="LABEL", help="build the others are compared to (default: the first)")
+    p.add_argument("--out", required=True, metavar="FILE", help="HTML file to write (e.g. reports/patch.html)")
+    p.add_argument("--title", metavar="TEXT", help="page title")
+    p.add_argument("--note", metavar="TEXT", help="note shown in a banner at the top (e.g. 'emulated numbers')")
+    p.add_argument("--csv", metavar="FILE", help="also write every raw sample of the builds to this CSV file")
+    p.set_defaults(func=_cmd)
+
+
+def _cmd(args: argparse.Namespace) -> int:
+    from .store import Store
+
+    builds = [b.strip() for b in args.builds.split(",") if b.strip()] if args.builds else None
+    store = Store.open(args.db)
+    path = write_report(store, Path(args.out), builds=builds, baseline=args.baseline, title=args.title,
+                        note=args.note, csv_path=Path(args.csv) if args.csv else None, db=args.db)
+    print(f"report: {path.resolve()}")
+    return 0
+
+
+# -- data ----------------------------------------------------------------------------------
+
+_COLUMN_ALIASES = {
+    "label": ("label", "build", "kernel_build"),
+    "run_id": ("run_id", "run", "runid"),
+    "pair": ("pair",),
+    "test": ("test",),
+    "metric": ("metric",),
+    "value": ("value",),
+    "unit": ("unit",),
+    "better": ("better",),
+    "repetition": ("repetition", "rep"),
+    "boot_id": ("boot_id",),
+    "host": ("host",),
+    "started": ("started", "run_started", "time"),
+}
+
+
+def _normalize(df):
+    """Rename the store's columns to the names used here; add missing ones."""
+    import pandas as pd
+
+    cols = {}
+    for want, names in _COLUMN_ALIASES.items():
+        for n in names:
+            if n in df.columns:
+                cols[n] = want
+                break
+    df = df.rename(columns=cols)
+    for want in _COLUMN_ALIASES:
+        if want not in df.columns:
+            df[want] = pd.NA if want not in ("unit", "better") else ""
+    df["value"] = pd.to_numeric(df["value"], errors="coerce")
+    df = df[df["value"].notna()]
+    return df
+
+
+def _get(obj, name, default=None):
+    if isinstance(obj, dict):
+        return obj.get(name, default)
+    return getattr(obj, name, default)
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, str]:
+    """A nested dict as {"a.b": "value"}; lists joined with ", "."""
+    if isinstance(d, dict):
+        out: dict[str, str] = {}
+        for k, v in d.items():
+            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    if isinstance(d, (list, tuple, set)):
+        return {prefix: ", ".join(str(x) for x in d)}
+    return {prefix: "" if d is None else str(d)}
+
+
+def _fmt_time(t) -> str:
+    if t is None or (isinstance(t, float) and math.isnan(t)):
+        return ""
+    if isinstance(t, (int, float)):
+        t = _dt.datetime.fromtimestamp(t, tz=_dt.timezone.utc)
+    if isinstance(t, str):
+        try:
+            t = _dt.datetime.fromisoformat(t)
+        except ValueError:
+            return t
+    try:
+        if t.tzinfo is not None:
+            t = t.astimezone(_dt.timezone.utc)
+        return t.strftime("%Y-%m-%d %H:%M UTC" if t.tzinfo is not None else "%Y-%m-%d %H:%M")
+    except AttributeError:
+        return str(t)
+
+
+def _to_datetime(t):
+    import pandas as pd
+
+    if t is None:
+        return pd.NaT
+    if isinstance(t, (int, float)):
+        return pd.to_datetime(t, unit="s", utc=True)
+    try:
+        ts = pd.to_datetime(t, utc=True)
+    except (ValueError, TypeError):
+        return pd.NaT
+    return ts
+
+
+# -- formatting ------------------------------------------------------------------------------
+
+def fmt_value(v, metric: str = "") -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "–"
+    d = DECIMALS.get(metric)
+    if d is None:
+        a = abs(v)
+        d = 2 if a >= 10 or a == 0 else max(2, 3 - int(math.floor(math.log10(a))) - 1)
+        d = min(d, 6)
+    return f"{v:,.{d}f}".replace(",", "\u2009") if abs(v) >= 10000 else f"{v:.{d}f}"
+
+
+def fmt_p(p) -> str:
+    if p is None or (isinstance(p, float) and not math.isfinite(p)):
+        return "–"
+    if p < 1e-16:
+        return "<1e-16"
+    if p >= 0.01:
+        return f"{p:.2g}" if p < 0.1 else f"{p:.2f}"
+    m, e = f"{p:.1e}".split("e")
+    return f"{m}e{int(e)}"
+
+
+def fmt_pct(x) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "–"
+    return f"{x:+.2f}%"
+
+
+def fmt_shift(x, metric: str = "") -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "–"
+    s = fmt_value(abs(x), metric)
+    return ("+" if x > 0 else "−" if x < 0 else "±") + s
+
+
+def fmt_int(n) -> str:
+    try:
+        return f"{int(n):,}".replace(",", "\u2009")
+    except (TypeError, ValueError):
+        return "–"
+
+
+def _verdict_class(v) -> str:
+    s = str(v or "").lower()
+    if "regress" in s or s in ("fail", "failed", "worse", "slower"):
+        return "regression"
+    if "improv" in s or s in ("better", "faster"):
+        return "improvement"
+    if "compar" in s or s in ("x", "mismatch"):
+        return "incomparable"
+    if "inconcl" in s or "more" in s or "noisy" in s or s in ("unknown", "unsure"):
+        return "inconclusive"
+    if s in ("", "none", "n/a"):
+        return "none"
+    return "unchanged"
+
+
+VERDICT_LABEL = {"regression": "REGRESSION", "improvement": "improvement", "inconclusive": "inconclusive",
+                 "unchanged": "no change", "incomparable": "not comparable", "none": "–"}
+
+
+# -- statistics for display -----------------------------------------------------------------
+
+def median_ci(sorted_vals, conf: float = 0.95) -> tuple[float, float] | None:
+    """Distribution-free CI of the median from order statistics (binomial); None if n < 6."""
+    n = len(sorted_vals)
+    if n < 6:
+        return None
+    from scipy.stats import binom
+
+    a = (1 - conf) / 2
+    j = int(binom.ppf(a, n, 0.5))          # 1-based lower order statistic index ~ j
+    j = max(j, 1)
+    k = n - j + 1
+    return float(sorted_vals[j - 1]), float(sorted_vals[k - 1])
+
+
+def thin_sorted(sorted_vals, cap: int = MAX_POINTS):
+    """At most `cap` evenly spaced order statistics (min and max included)."""
+    import numpy as np
+
+    n = len(sorted_vals)
+    if n <= cap:
+        return sorted_vals
+    idx = np.unique(np.linspace(0, n - 1, cap).round().astype(np.int64))
+    return sorted_vals[idx]
+
+
+# -- figures --------------------------------------------------------------------------------
+
+_MPL_READY = False
+
+
+def _mpl():
+    global _MPL_READY
+    import matplotlib
+
+    if not _MPL_READY:
+        matplotlib.use("Agg", force=True)
+        matplotlib.rcParams.update({
+            "svg.fonttype": "none",            # text stays text: small, selectable; no embedded font
+            "font.family": "sans-serif",
+            "font.size": 9,
+            "axes.titlesize": 10,
+            "axes.labelsize": 9,
+            "axes.spines.top": False,
+            "axes.spines.right": False,
+            "axes.grid": True,
+            "grid.color": "#e3e3e3",
+            "grid.linewidth": 0.6,
+            "axes.axisbelow": True,
+            "savefig.dpi": 110,
+            "path.simplify": True,
+        })
+        _MPL_READY = True
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+_SVG_HEAD = re.compile(r"^.*?(<svg\b)", re.S)
+_SVG_SIZE = re.compile(r'(<svg\b[^>]*?)\s(width|height)="[^"]*"')
+
+
+def _svg(fig, key: str) -> str:
+    """The figure as inline SVG (no XML prolog, no fixed size, ids unique per figure)."""
+    import matplotlib
+
+    plt = _mpl()
+    buf = io.StringIO()
+    with matplotlib.rc_context({"svg.hashsalt": hashlib.sha1(key.encode()).hexdigest()[:12]}):
+        fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None, "Creator": None})
+    plt.close(fig)
+    s = _SVG_HEAD.sub(r"\1", buf.getvalue(), count=1)
+    s = _SVG_SIZE.sub(r"\1", s, count=1)
+    s = _SVG_SIZE.sub(r"\1", s, count=1)
+    return s.replace("<svg ", '<svg class="fig" role="img" ', 1)
+
+
+def _metric_title(metric: str, unit: str) -> str:
+    names = {"cycles": "cycles per element", "ns": "ns per element", "gbps": "throughput",
+             "cpu_per_gb": "CPU per GB", "link_pct": "share of link speed"}
+    base = names.get(metric, metric)
+    return f"{base} [{unit}]" if unit else base
+
+
+def samples_figure(test: str, metrics: list[dict], builds: list[str], colors: dict[str, str]) -> str:
+    """One row of panels (one per metric): per build, jittered samples, median and 95% CI."""
+    import numpy as np
+
+    plt = _mpl()
+    nb = len(builds)
+    ncol = len(metrics)
+    fig, axes = plt.subplots(1, ncol, figsize=(5.4 * ncol if ncol > 1 else 8.0, 0.55 + 0.62 * nb + 0.35),
+                             squeeze=False)
+    for ax, m in zip(axes[0], metrics):
+        rng = np.random.default_rng(1234)          # deterministic jitter
+        for i, b in enumerate(builds):
+            y = nb - 1 - i
+            vals = m["values"].get(b)
+            if vals is None or len(vals) == 0:
+                ax.text(0.5, y, "no samples", transform=ax.get_yaxis_transform(), ha="center", va="center",
+                        color="#888", fontsize=8)
+                continue
+            pts = thin_sorted(vals)
+            jit = rng.uniform(-0.28, 0.28, len(pts))
+            ax.scatter(pts, y + jit, s=9 if len(pts) < 300 else 4, alpha=0.55 if len(pts) < 300 else 0.3,
+                       color=colors[b], linewidths=0, rasterized=len(pts) > 150, zorder=2)
+            med = float(np.median(vals))
+            ci = median_ci(vals)
+            if ci:
+                ax.plot([ci[0], ci[1]], [y, y], color="#111", lw=2.2, solid_capstyle="butt", zorder=4)
+            ax.plot([med, med], [y - 0.36, y + 0.36], color="#111", lw=1.6, zorder=5)
+        ax.set_yticks(range(nb))
+        ax.set_yticklabels([_short(b, 26) for b in reversed(builds)])
+        ax.set_ylim(-0.6, nb - 0.4)
+        ax.grid(axis="y", visible=False)
+        ax.set_title(_metric_title(m["metric"], m["unit"]) +
+                     ("  (lower is better)" if m["better"] == "lower" else
+                      "  (higher is better)" if m["better"] == "higher" else ""), loc="left")
+        ax.ticklabel_format(axis="x", useOffset=False) if hasattr(ax.xaxis.get_major_formatter(), "set_useOffset") else None
+    fig.tight_layout()
+    return _svg(fig, f"s:{test}")
+
+
+def history_figure(test: str, panels: list[dict]) -> str:
+    """Per-run medians over time, one series per pair, change points marked."""
+    import numpy as np
+
+    plt = _mpl()
+    ncol = len(panels)
+    fig, axes = plt.subplots(1, ncol, figsize=(5.4 * ncol if ncol > 1 else 8.0, 2.6), squeeze=False)
+    markers = "osD^v<>"
+    for ax, p in zip(axes[0], panels):
+        for si, s in enumerate(p["series"]):
+            x = s["x"]
+            y = np.asarray(s["y"], dtype=float)
+            col = PALETTE[si % len(PALETTE)] if len(p["series"]) > 1 else "#333"
+            ax.plot(x, y, lw=0.8, color=col, alpha=0.6, zorder=2)
+            ax.scatter(x, y, s=12, marker=markers[si % len(markers)], color=col, zorder=3,
+                       label=s["pair"], linewidths=0)
+            hl = s.get("highlight") or []
+            if any(hl):
+                ax.scatter([x[i] for i in range(len(x)) if hl[i]], y[np.asarray(hl, bool)], s=40,
+                           facecolors="none", edgecolors="#111", linewidths=0.9, zorder=4)
+            for cp in s["cps"]:
+                i = cp["index"]
+                if 0 < i < len(x):
+                    xm = _midpoint(x[i - 1], x[i])
+                    bad = cp["bad"]
+                    ax.axvline(xm, color="#c62828" if bad else "#2e7d32", ls="--", lw=1.0, zorder=1)
+                    ax.annotate(f"{cp['change_pct']:+.1f}%", (xm, 1.0), xycoords=("data", "axes fraction"),
+                                xytext=(2, -2), textcoords="offset points", va="top", fontsize=7.5,
+                                color="#c62828" if bad else "#2e7d32")
+            # segment medians as a step line
+            bounds = [0] + [c["index"] for c in s["cps"] if 0 < c["index"] < len(x)] + [len(x)]
+            for a, b in zip(bounds[:-1], bounds[1:]):
+                if b - a >= 1:
+                    seg = float(np.median(y[a:b]))
+                    ax.plot([x[a], x[b - 1]], [seg, seg], color=col, lw=2.0, alpha=0.35, zorder=1)
+        ax.set_title(_metric_title(p["metric"], p["unit"]) + " — per-run median", loc="left")
+        if len(p["series"]) > 1:
+            ax.legend(fontsize=7, frameon=False, loc="best")
+        if p["dates"]:
+            import matplotlib.dates as mdates
+
+            loc = mdates.AutoDateLocator(maxticks=6)
+            ax.xaxis.set_major_locator(loc)
+            ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(loc))
+        else:
+            ax.set_xlabel("run (oldest first)")
+    fig.tight_layout()
+    return _svg(fig, f"h:{test}")
+
+
+def _midpoint(a, b):
+    try:
+        return a + (b - a) / 2
+    except TypeError:
+        return b
+
+
+def _short(s: str, n: int) -> str:
+    s = str(s)
+    return s if len(s) <= n else s[: n - 1] + "…"
+
+
+# -- CSV -----------------------------------------------------------------------------------
+
+_UNSAFE = re.compile(rb"[^A-Za-z0-9,.\-_:/+=;@!$()*~]")
+
+
+def data_uri(data: bytes, mime: str = "text/csv;charset=utf-8") -> str:
+    """A percent-encoded data: URI (smaller than base64 for CSV: only a few bytes need escaping)."""
+    enc = _UNSAFE.sub(lambda m: b"%%%02X" % m[0][0], data)
+    return f"data:{mime}," + enc.decode("ascii")
+
+
+CSV_COLUMNS = ["label", "pair", "run_id", "test", "metric", "unit", "better", "repetition", "value", "boot_id", "host"]
+
+
+def samples_csv(df) -> bytes:
+    cols = [c for c in CSV_COLUMNS if c in df.columns]
+    return df[cols].to_csv(index=False, lineterminator="\n", float_format="%.6g").encode()
+
+
+# -- the report ------------------------------------------------------------------------------
+
+@dataclass
+class Ctx:
+    title: str
+    generated: str
+    builds: list[str]
+    baseline: str | None
+    candidates: list[str]
+    banners: list[dict] = field(default_factory=list)
+    counts: dict = field(default_factory=dict)
+    summary: list[dict] = field(default_factory=list)
+    gate: dict = field(default_factory=dict)
+    tests: list[dict] = field(default_factory=list)
+    env: dict = field(default_factory=dict)
+    outcomes: list[dict] = field(default_factory=list)
+    runs: list[dict] = field(default_factory=list)
+    csv: dict = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+    colors: dict = field(default_factory=dict)
+    n_samples: int = 0
+    command: str = ""
+
+
+def write_report(store, out_path, builds: list[str] | None = None, baseline: str | None = None,
+                 title: str | None = None, note: str | None = None, csv_path: Path | None = None,
+                 db: str | None = None) -> Path:
+    """Render the report of `builds` (default: every label) to `out_path`; return the path."""
+    out_path = Path(out_path)
+    ctx = build_context(store, builds=builds, baseline=baseline, title=title, note=note, db=db,
+                        csv_path=csv_path)
+    html = render(ctx)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(out_path.name + ".tmp")
+    tmp.write_text(html, encoding="utf-8")
+    tmp.replace(out_path)
+    return out_path
+
+
+def build_context(store, builds=None, baseline=None, title=None, note=None, db=None, csv_path=None) -> Ctx:
+    import numpy as np
+    import pandas as pd
+
+    labels = list(store.labels())
+    if builds:
+        unknown = [b for b in builds if b not in labels]
+        if unknown:
+            raise InputError(f"no results for build(s) {', '.join(unknown)} in the store "
+                             f"(known: {', '.join(labels) or 'none'})")
+    else:
+        builds = labels
+    builds = list(dict.fromkeys(builds))
+    if baseline and baseline not in builds:
+        if baseline not in labels:
+            raise InputError(f"no results for baseline build {baseline} in the store")
+        builds = [baseline] + builds
+    if not baseline and len(builds) > 1:
+        baseline = builds[0]
+    if baseline:
+        builds = [baseline] + [b for b in builds if b != baseline]
+    candidates = [b for b in builds if b != baseline]
+    colors = {b: PALETTE[i % len(PALETTE)] for i, b in enumerate(builds)}
+
+    ctx = Ctx(title=title or (f"{baseline} vs {', '.join(candidates)}" if baseline else
+                              ", ".join(builds) or "hwtests report"),
+              generated=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+              builds=builds, baseline=baseline, candidates=candidates, colors=colors)
+    cmd = ["hwtests", "report"] + (["--db", db] if db else []) + \
+        (["--builds", ",".join(builds)] if builds else []) + (["--baseline", baseline] if baseline else [])
+    ctx.command = shlex.join(cmd)
+
+    df = _normalize(store.samples(labels=builds) if builds else store.samples())
+    ctx.n_samples = int(len(df))
+    runs = list(store.runs(labels=builds)) if builds else list(store.runs())
+    run_info = {_get(r, "id"): r for r in runs}
+
+    # -- banners: emulation / virtualization, caller's note
+    emu = _emulation(runs)
+    if emu:
+        ctx.banners.append({"kind": "emulated", "text": emu})
+    if note:
+        ctx.banners.append({"kind": "note", "text": note})
+
+    # -- per-build statistics
+    g = df.groupby(["test", "metric", "label"], sort=False)["value"]
+    stats = g.agg(["count", "median"])
+    q = g.quantile([0.25, 0.75]).unstack()
+    stats["iqr"] = q[0.75] - q[0.25]
+    units = df.groupby(["test", "metric"], sort=False)[["unit", "better"]].first()
+
+    # -- comparisons from the gate
+    comps: dict[tuple[str, str, str], Any] = {}
+    if baseline and candidates:
+        try:
+            from . import compare
+        except ImportError as exc:      # pragma: no cover - only while compare.py is missing
+            compare = None
+            ctx.problems.append(f"no verdicts: {exc}")
+        if compare is not None:
+            for c in candidates:
+                try:
+                    for cmp in compare.compare_labels(store, baseline, c):
+                        comps[(cmp.test, cmp.metric, c)] = cmp
+                except Exception as exc:  # the report still shows numbers without verdicts
+                    ctx.problems.append(f"{baseline} vs {c}: no verdicts: {exc}")
+    ctx.gate = _gate_params()
+
+    # -- summary rows
+    tm_keys = sorted({(t, m) for t, m in units.index},
+                     key=lambda k: (k[0], METRIC_ORDER.get(k[1], 99), k[1]))
+    def st(t, m, b):
+        try:
+            r = stats.loc[(t, m, b)]
+            return {"n": int(r["count"]), "median": float(r["median"]), "iqr": float(r["iqr"])}
+        except KeyError:
+            return None
+
+    rows = []
+    for t, m in tm_keys:
+        unit, better = units.loc[(t, m)]
+        base_st = st(t, m, baseline) if baseline else None
+        for c in (candidates or builds):
+            cst = st(t, m, c)
+            cmp = comps.get((t, m, c))
+            row = {"test": t, "anchor": _anchor(t), "metric": m, "unit": unit or "", "better": better or "", "build": c,
+                   "base": base_st, "cand": cst}
+            if cmp is not None:
+                row.update(verdict=_verdict_class(cmp.verdict), verdict_raw=str(cmp.verdict),
+                           change=_num(cmp.change_pct), shift=_num(cmp.shift), p=_num(cmp.p_value),
+                           more_runs=cmp.more_runs, env_diff=cmp.env_diff,
+                           n_base=cmp.n_base, n_cand=cmp.n_cand)
+                # the gate's own medians are authoritative for the table
+                if row["base"] is not None:
+                    row["base"] = dict(row["base"], median=_num(cmp.median_base), iqr=_num(cmp.iqr_base),
+                                       n=cmp.n_base)
+                if row["cand"] is not None:
+                    row["cand"] = dict(row["cand"], median=_num(cmp.median_cand), iqr=_num(cmp.iqr_cand),
+                                       n=cmp.n_cand)
+            else:
+                change = None
+                if base_st and cst and base_st["median"]:
+                    change = (cst["median"] - base_st["median"]) / abs(base_st["median"]) * 100
+                row.update(verdict="none" if baseline else "none", verdict_raw="", change=change, shift=None,
+                           p=None, more_runs=None, env_diff=None)
+            row["severity"] = _severity(row)
+            rows.append(row)
+    rows.sort(key=lambda r: (VERDICT_ORDER.get(r["verdict"], 9), -r["severity"]))
+    ctx.summary = rows
+    cnt: dict[str, int] = {}
+    for r in rows:
+        cnt[r["verdict"]] = cnt.get(r["verdict"], 0) + 1
+    ctx.counts = cnt
+
+    # -- per-test figures
+    verdict_of_test: dict[str, str] = {}
+    for r in rows:
+        v = verdict_of_test.get(r["test"])
+        if v is None or VERDICT_ORDER[r["verdict"]] < VERDICT_ORDER[v]:
+            verdict_of_test[r["test"]] = r["verdict"]
+    hist = _history(store, df, runs, builds)
+    tests = list(dict.fromkeys(t for t, _ in tm_keys))
+    tests.sort(key=lambda t: (VERDICT_ORDER.get(verdict_of_test.get(t, "none"), 9), t))
+    by_tm = {k: v for k, v in df.groupby(["test", "metric"], sort=False)} if len(df) else {}
+    for t in tests:
+        metrics = []
+        notes = []
+        for (tt, m) in tm_keys:
+            if tt != t:
+                continue
+            sub = by_tm[(t, m)]
+            unit, better = units.loc[(t, m)]
+            vals = {}
+            for b, s in sub.groupby("label", sort=False)["value"]:
+                vals[b] = np.sort(s.to_numpy(dtype=float))
+            shown = {b: min(len(v), MAX_POINTS) for b, v in vals.items()}
+            if any(len(v) > MAX_POINTS for v in vals.values()):
+                notes.append(f"{_metric_title(m, unit)}: " + "; ".join(
+                    f"{b}: {fmt_int(shown[b])} of {fmt_int(len(vals[b]))} points drawn" for b in vals))
+            metrics.append({"metric": m, "unit": unit, "better": better, "values": vals})
+        fig = samples_figure(t, metrics, [b for b in builds if any(b in mm["values"] for mm in metrics)], colors)
+        hfig = None
+        hnotes = []
+        if t in hist:
+            hfig = history_figure(t, hist[t]["panels"])
+            hnotes = hist[t]["notes"]
+        ctx.tests.append({"name": t, "anchor": _anchor(t), "verdict": verdict_of_test.get(t, "none"),
+                          "figure": fig, "notes": notes, "history": hfig, "history_notes": hnotes,
+                          "rows": [r for r in rows if r["test"] == t]})
+
+    # -- environment diff, outcomes, runs
+    ctx.env = _env_diff(runs, builds)
+    ctx.outcomes = _outcomes(store, builds, run_info)
+    ctx.runs = _runs_table(runs, df)
+
+    # -- CSV
+    summary_df = (df.groupby(["label", "pair", "run_id", "test", "metric", "unit"], sort=True, dropna=False)["value"]
+                  .agg(["count", "median", "min", "max"]).reset_index()) if len(df) else pd.DataFrame()
+    csum = summary_df.to_csv(index=False, lineterminator="\n", float_format="%.6g").encode() if len(df) else b""
+    ctx.csv = {"rows": len(df), "cap": CSV_MAX_ROWS, "summary_uri": data_uri(csum) if csum else None,
+               "summary_rows": len(summary_df), "summary_bytes": len(csum),
+               "export_cmd": ctx.command + " --out report.html --csv samples.csv"}
+    if len(df) and (len(df) <= CSV_MAX_ROWS or csv_path is not None):
+        raw = samples_csv(df)
+        if csv_path is not None:
+            Path(csv_path).parent.mkdir(parents=True, exist_ok=True)
+            Path(csv_path).write_bytes(raw)
+        if len(df) <= CSV_MAX_ROWS:
+            ctx.csv["raw_uri"] = data_uri(raw)
+            ctx.csv["raw_bytes"] = len(raw)
+    return ctx
+
+
+def _num(x):
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
+
+
+def _severity(r) -> float:
+    c = r.get("change")
+    return abs(c) if c is not None else 0.0
+
+
+def _anchor(s: str) -> str:
+    return "t-" + re.sub(r"[^A-Za-z0-9_-]+", "-", s).strip("-")
+
+
+def _emulation(runs) -> str | None:
+    """A sentence when any run's hosts were emulated (QEMU TCG) or virtualized."""
+    found: dict[str, set[str]] = {}
+    for r in runs:
+        for h in _get(r, "hosts", []) or []:
+            env = _flatten(_get(h, "env", {}) or {})
+            for k, v in env.items():
+                key = k.lower().rsplit(".", 1)[-1]
+                val = str(v).strip()
+                if key in ("virt", "virtualization", "hypervisor", "hypervisor_vendor", "accel") and \
+                        val and val.lower() not in ("none", "no", "false", "0", "bare-metal", "bare metal", "metal"):
+                    found.setdefault(val, set()).add(str(_get(h, "name", "?")))
+    if not found:
+        return None
+    tcg = any("tcg" in k.lower() for k in found)
+    what = "; ".join(f"{k} on {', '.join(sorted(v))}" for k, v in sorted(found.items()))
+    if tcg:
+        return (f"Emulated numbers: hosts ran under QEMU TCG ({what}). Cycles, ns and Gbit/s measure the "
+                "emulator, not hardware: use them to compare builds measured the same way, never as absolute figures.")
+    return (f"Virtualized hosts ({what}): numbers include hypervisor effects; compare only with runs "
+            "measured the same way.")
+
+
+def _gate_params() -> dict:
+    """The gate's parameters as a list of (name, value) for the page, from `hwtests.gate`."""
+    try:
+        from . import gate
+    except ImportError:
+        return {"items": [], "doc": "hwtests.gate is not available: no verdicts."}
+    items = []
+    for name in ("DEFAULT_THRESHOLDS", "DEFAULTS", "THRESHOLDS", "GATES", "DEFAULT_GATES"):
+        obj = getattr(gate, name, None)
+        if isinstance(obj, dict):
+            for k, v in obj.items():
+                items.append((str(k), _describe(v)))
+            break
+    for name in ("ALPHA", "P_FAIL", "P_PASS", "MAX_RUNS", "ALPHA_EXTENDED"):
+        if hasattr(gate, name) and not isinstance(getattr(gate, name), dict):
+            items.append((name.lower(), str(getattr(gate, name))))
+    doc = (gate.__doc__ or "").strip().split("\n\n")[0]
+    describe = getattr(gate, "describe", None)
+    if callable(describe):
+        try:
+            doc = str(describe())
+        except Exception:  # noqa: BLE001 - description only
+            pass
+    return {"items": items, "doc": " ".join(doc.split())}
+
+
+def _describe(v) -> str:
+    if isinstance(v, dict):
+        return ", ".join(f"{k}={v2}" for k, v2 in v.items())
+    if hasattr(v, "__dataclass_fields__"):
+        return ", ".join(f"{k}={getattr(v, k)}" for k in v.__dataclass_fields__)
+    return str(v)
+
+
+def _history(store, df, runs, builds) -> dict:
+    """Per test: history panels (per metric, per pair series of per-run medians) with change points."""
+    import numpy as np
+    import pandas as pd
+
+    try:
+        all_runs = list(store.runs())
+    except Exception:  # noqa: BLE001
+        all_runs = runs
+    meta = {}
+    for r in all_runs:
+        meta[_get(r, "id")] = (_get(r, "label"), _get(r, "pair"), _to_datetime(_get(r, "started")))
+    recent = sorted(meta.items(), key=lambda kv: (pd.Timestamp.min.tz_localize("UTC") if pd.isna(kv[1][2])
+                                                  else kv[1][2], kv[0] or 0))[-HISTORY_MAX_RUNS:]
+    labels = {m[0] for _, m in recent}
+    extra = sorted(labels - set(builds))
+    frames = [df[["run_id", "test", "metric", "unit", "better", "value"]]]
+    if extra:
+        try:
+            frames.append(_normalize(store.samples(labels=extra))[["run_id", "test", "metric", "unit", "better", "value"]])
+        except Exception:  # noqa: BLE001 - history is optional
+            pass
+    keep = {rid for rid, _ in recent}
+    per_run = pd.concat(frames, ignore_index=True)
+    per_run = per_run[per_run["run_id"].isin(keep)]
+    if per_run.empty:
+        return {}
+    med = per_run.groupby(["test", "metric", "run_id"], sort=False).agg(
+        value=("value", "median"), unit=("unit", "first"), better=("better", "first")).reset_index()
+    med["pair"] = med["run_id"].map(lambda i: meta.get(i, (None, None, None))[1])
+    med["label"] = med["run_id"].map(lambda i: meta.get(i, (None, None, None))[0])
+    med["when"] = med["run_id"].map(lambda i: meta.get(i, (None, None, pd.NaT))[2])
+    try:
+        from .history import change_points
+    except ImportError:
+        change_points = None
+    out: dict[str, dict] = {}
+    selected = set(builds)
+    for t, tdf in med.groupby("test", sort=False):
+        runs_per_pair = tdf.groupby("pair")["run_id"].nunique()
+        if runs_per_pair.max() < HISTORY_MIN_RUNS:
+            continue
+        panels = []
+        notes = []
+        for m, mdf in sorted(tdf.groupby("metric", sort=False), key=lambda kv: METRIC_ORDER.get(kv[0], 99)):
+            series = []
+            dates = mdf["when"].notna().all()
+            for pair, pdf in mdf.groupby("pair", sort=True):
+                if pdf["run_id"].nunique() < HISTORY_MIN_RUNS:
+                    continue
+                pdf = pdf.sort_values(["when", "run_id"] if dates else ["run_id"])
+                y = pdf["value"].to_numpy(dtype=float)
+                x = list(pdf["when"]) if dates else list(range(len(y)))
+                cps = []
+                if change_points is not None:
+                    try:
+                        for cp in change_points(list(y)):
+                            better = pdf["better"].iloc[0]
+                            ch = float(_get(cp, "change_pct"))
+                            bad = (ch > 0) if better == "lower" else (ch < 0) if better == "higher" else True
+                            cps.append({"index": int(_get(cp, "index")), "change_pct": ch, "bad": bad,
+                                        "label": pdf["label"].iloc[int(_get(cp, "index"))]
+                                        if int(_get(cp, "index")) < len(pdf) else ""})
+                    except Exception as exc:  # noqa: BLE001
+                        notes.append(f"change points of {m} on {pair}: {exc}")
+                for c in cps:
+                    notes.append(f"{pair}, {m}: step {c['change_pct']:+.2f}% at build {c['label']}"
+                                 + (" (worse)" if c["bad"] else " (better)"))
+                series.append({"pair": pair, "x": x, "y": y, "cps": cps,
+                               "highlight": [lb in selected for lb in pdf["label"]]})
+            if series:
+                panels.append({"metric": m, "unit": mdf["unit"].iloc[0], "series": series, "dates": bool(dates)})
+        if panels:
+            if change_points is None:
+                notes.append("change-point detection unavailable (hwtests.history missing)")
+            out[t] = {"panels": panels, "notes": notes}
+    return out
+
+
+_ENV_SKIP = {"boot_id", "id", "started", "name", "role"}
+_HOST_FIELDS = ("kernel_release", "proc_version", "config_hash", "cmdline", "nic_driver", "nic_firmware")
+
+
+def _env_diff(runs, builds) -> dict:
+    """Rows (role, key) x builds: distinct values per build; `differs` marks rows that are not equal."""
+    vals: dict[tuple[str, str], dict[str, set[str]]] = {}
+    boots: dict[tuple[str, str], set[str]] = {}
+    hosts_of: dict[str, set[str]] = {}
+    for r in runs:
+        b = _get(r, "label")
+        for h in _get(r, "hosts", []) or []:
+            role = str(_get(h, "role", "") or "host")
+            hosts_of.setdefault(b, set()).add(f"{role}={_get(h, 'name', '?')}")
+            flat = {f: _get(h, f) for f in _HOST_FIELDS}
+            flat.update({f"env.{k}": v for k, v in _flatten(_get(h, "env", {}) or {}).items()})
+            for k, v in flat.items():
+                if k.split(".")[-1] in _ENV_SKIP or v is None or v == "":
+                    continue
+                vals.setdefault((role, k), {}).setdefault(b, set()).add(str(v))
+            if _get(h, "boot_id"):
+                boots.setdefault((b, role), set()).add(str(_get(h, "boot_id")))
+        arts = _get(r, "artifacts", {}) or {}
+        for k, v in arts.items():
+            vals.setdefault(("artifact", str(k)), {}).setdefault(b, set()).add(str(v))
+    rows = []
+    for (role, key), per in vals.items():
+        cells = []
+        for b in builds:
+            s = per.get(b)
+            cells.append(None if not s else sorted(s))
+        present = [tuple(c) for c in cells if c is not None]
+        differs = len(set(present)) > 1 or any(len(c) > 1 for c in present) or \
+            (0 < len(present) < len(builds))
+        rows.append({"role": role, "key": key.replace("env.", ""), "cells": [_cell(c) for c in cells],
+                     "differs": differs})
+    for role in sorted({r for (_, r) in boots}):
+        cells = [str(len(boots.get((b, role), ()))) for b in builds]
+        rows.append({"role": role, "key": "boots (distinct boot ids)", "cells": [_cell([c]) for c in cells],
+                     "differs": False})
+    prio = {"kernel_release": 0, "proc_version": 1, "config_hash": 2, "cmdline": 3, "nic_driver": 4, "nic_firmware": 5}
+    role_prio = {"rx": 0, "tx": 1, "artifact": 9}
+    rows.sort(key=lambda r: (not r["differs"], role_prio.get(r["role"], 5), prio.get(r["key"], 50), r["key"]))
+    return {"rows": rows, "n_differ": sum(r["differs"] for r in rows),
+            "hosts": {b: ", ".join(sorted(hosts_of.get(b, ()))) for b in builds}}
+
+
+def _cell(values: list[str] | None) -> dict:
+    if values is None:
+        return {"text": "(not recorded)", "title": "", "missing": True, "multi": False}
+    text = " | ".join(values)
+    short = text if len(text) <= ENV_VALUE_MAX else text[: ENV_VALUE_MAX - 1] + "…"
+    return {"text": short, "title": text if short != text else "", "missing": False, "multi": len(values) > 1}
+
+
+def _outcomes(store, builds, run_info) -> list[dict]:
+    fn = getattr(store, "outcomes", None)
+    if fn is None:
+        return []
+    try:
+        res = fn(labels=builds)
+    except TypeError:
+        res = fn()
+    recs: Iterable
+    if hasattr(res, "to_dict"):
+        recs = res.to_dict("records")
+    else:
+        recs = [r if isinstance(r, dict) else getattr(r, "__dict__", {}) for r in res]
+    agg: dict[tuple, dict] = {}
+    for r in recs:
+        rid = r.get("run_id", r.get("run"))
+        label = r.get("label") or _get(run_info.get(rid), "label")
+        if builds and label not in builds:
+            continue
+        pair = r.get("pair") or _get(run_info.get(rid), "pair")
+        oc = str(r.get("outcome", ""))
+        if oc == "passed":
+            continue
+        k = (str(r.get("test")), oc, label, pair, str(r.get("reason") or ""))
+        a = agg.setdefault(k, {"test": k[0], "outcome": oc, "build": label, "pair": pair, "reason": k[4], "count": 0})
+        a["count"] += 1
+    return sorted(agg.values(), key=lambda a: (a["outcome"] != "failed", a["test"], str(a["build"])))
+
+
+def _runs_table(runs, df) -> list[dict]:
+    counts = df.groupby("run_id").size().to_dict() if len(df) else {}
+    out = []
+    for r in runs:
+        hosts = _get(r, "hosts", []) or []
+        out.append({"id": _get(r, "id"), "build": _get(r, "label"), "pair": _get(r, "pair"),
+                    "started": _fmt_time(_get(r, "started")), "controller": _get(r, "controller") or "",
+                    "inventory": str(_get(r, "inventory_hash") or "")[:12],
+                    "inventory_full": str(_get(r, "inventory_hash") or ""),
+                    "source": _get(r, "source") or "", "status": _get(r, "status") or "",
+                    "hosts": ", ".join(f"{_get(h, 'role', '')}={_get(h, 'name', '')}" for h in hosts),
+                    "kernels": ", ".join(sorted({str(_get(h, 'kernel_release') or '') for h in hosts} - {""})),
+                    "samples": int(counts.get(_get(r, "id"), 0))})
+    out.sort(key=lambda x: (str(x["started"]), x["id"] or 0))
+    return out
+
+
+# -- HTML ------------------------------------------------------------------------------------
+
+def render(ctx: Ctx) -> str:
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("hwtests", "templates"),
+        autoescape=jinja2.select_autoescape(["html", "j2"], default=True),
+        trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
+    env.filters.update(v=fmt_value, p=fmt_p, pct=fmt_pct, shift=fmt_shift, int=fmt_int)
+    env.globals.update(VERDICT_LABEL=VERDICT_LABEL, Markup=jinja2.utils.markupsafe.Markup)
+    tpl = env.get_template("report.html.j2")
+    return tpl.render(c=ctx, version=_version())
+
+
+def _version() -> str:
+    try:
+        from . import __version__
+        return __version__
+    except ImportError:  # pragma: no cover
+        return "?"
+
+
+if __name__ == "__main__":  # pragma: no cover
+    from .cli import main
+
+    sys.exit(main(["report"] + sys.argv[1:]))

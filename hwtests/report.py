@@ -108,7 +108,11 @@ def _normalize(df):
         if want not in df.columns:
             df[want] = pd.NA if want not in ("unit", "better") else ""
     df["value"] = pd.to_numeric(df["value"], errors="coerce")
-    df = df[df["value"].notna()]
+    if df["value"].isna().any():
+        df = df[df["value"].notna()]
+    for c in ("label", "pair", "test", "metric", "unit", "better", "host", "boot_id"):
+        if not isinstance(df[c].dtype, pd.CategoricalDtype):   # factorize strings once, group fast
+            df[c] = df[c].astype("category")
     return df
 
 
@@ -295,7 +299,7 @@ def _svg(fig, key: str) -> str:
     plt = _mpl()
     buf = io.StringIO()
     with matplotlib.rc_context({"svg.hashsalt": hashlib.sha1(key.encode()).hexdigest()[:12]}):
-        fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None, "Creator": None})
+        fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None})
     plt.close(fig)
     s = _SVG_HEAD.sub(r"\1", buf.getvalue(), count=1)
     s = _SVG_SIZE.sub(r"\1", s, count=1)
@@ -317,8 +321,11 @@ def samples_figure(test: str, metrics: list[dict], builds: list[str], colors: di
     plt = _mpl()
     nb = len(builds)
     ncol = len(metrics)
-    fig, axes = plt.subplots(1, ncol, figsize=(5.4 * ncol if ncol > 1 else 8.0, 0.55 + 0.62 * nb + 0.35),
-                             squeeze=False)
+    left = 0.2 + 0.068 * max([len(_short(b, 26)) for b in builds] or [4])
+    width = 11.0 if ncol > 1 else 8.0
+    height = 0.62 + 0.5 * nb
+    fig, axes = plt.subplots(1, ncol, figsize=(width, height), squeeze=False, sharey=True)
+    _fixed_layout(fig, width, height, left=left, right=0.15, top=0.3, bottom=0.32, wspace=0.3, ncol=ncol)
     for ax, m in zip(axes[0], metrics):
         rng = np.random.default_rng(1234)          # deterministic jitter
         for i, b in enumerate(builds):
@@ -338,64 +345,85 @@ def samples_figure(test: str, metrics: list[dict], builds: list[str], colors: di
                 ax.plot([ci[0], ci[1]], [y, y], color="#111", lw=2.2, solid_capstyle="butt", zorder=4)
             ax.plot([med, med], [y - 0.36, y + 0.36], color="#111", lw=1.6, zorder=5)
         ax.set_yticks(range(nb))
-        ax.set_yticklabels([_short(b, 26) for b in reversed(builds)])
+        if ax is axes[0][0]:
+            ax.set_yticklabels([_short(b, 26) for b in reversed(builds)])
+        else:
+            ax.tick_params(axis="y", left=False)
         ax.set_ylim(-0.6, nb - 0.4)
         ax.grid(axis="y", visible=False)
         ax.set_title(_metric_title(m["metric"], m["unit"]) +
                      ("  (lower is better)" if m["better"] == "lower" else
                       "  (higher is better)" if m["better"] == "higher" else ""), loc="left")
-        ax.ticklabel_format(axis="x", useOffset=False) if hasattr(ax.xaxis.get_major_formatter(), "set_useOffset") else None
-    fig.tight_layout()
+        fmt = ax.xaxis.get_major_formatter()
+        if hasattr(fmt, "set_useOffset"):
+            fmt.set_useOffset(False)
     return _svg(fig, f"s:{test}")
 
 
-def history_figure(test: str, panels: list[dict]) -> str:
-    """Per-run medians over time, one series per pair, change points marked."""
+def _fixed_layout(fig, width, height, left, right, top, bottom, wspace, ncol):
+    """Margins in inches (no tight_layout: it costs one extra draw per figure)."""
+    inner = width - left - right - wspace * (ncol - 1)
+    fig.subplots_adjust(left=left / width, right=1 - right / width, top=1 - top / height, bottom=bottom / height,
+                        wspace=(wspace / (inner / ncol)) if ncol > 1 else 0.2)
+
+
+def history_figure(test: str, panels: list[dict], colors: dict[str, str]) -> str:
+    """Per-run medians in run order (oldest first), one series per pair, change points marked.
+
+    Runs are evenly spaced (an A/B session of hours and months of nightlies read the same);
+    runs of the report's builds take their build color, other builds are grey.
+    """
     import numpy as np
+    from matplotlib.lines import Line2D
 
     plt = _mpl()
     ncol = len(panels)
-    fig, axes = plt.subplots(1, ncol, figsize=(5.4 * ncol if ncol > 1 else 8.0, 2.6), squeeze=False)
+    width = 11.0 if ncol > 1 else 8.0
+    height = 2.7
+    fig, axes = plt.subplots(1, ncol, figsize=(width, height), squeeze=False)
+    _fixed_layout(fig, width, height, left=0.62, right=0.15, top=0.3, bottom=0.62, wspace=0.85, ncol=ncol)
     markers = "osD^v<>"
+    seen: dict[str, str] = {}
     for ax, p in zip(axes[0], panels):
+        npts = 0
         for si, s in enumerate(p["series"]):
-            x = s["x"]
             y = np.asarray(s["y"], dtype=float)
-            col = PALETTE[si % len(PALETTE)] if len(p["series"]) > 1 else "#333"
-            ax.plot(x, y, lw=0.8, color=col, alpha=0.6, zorder=2)
-            ax.scatter(x, y, s=12, marker=markers[si % len(markers)], color=col, zorder=3,
-                       label=s["pair"], linewidths=0)
-            hl = s.get("highlight") or []
-            if any(hl):
-                ax.scatter([x[i] for i in range(len(x)) if hl[i]], y[np.asarray(hl, bool)], s=40,
-                           facecolors="none", edgecolors="#111", linewidths=0.9, zorder=4)
+            x = np.arange(len(y))
+            npts = max(npts, len(y))
+            pc = [colors.get(lb, "#9aa0a6") for lb in s["labels"]]
+            for lb in s["labels"]:
+                seen.setdefault(lb if lb in colors else "other builds", colors.get(lb, "#9aa0a6"))
+            ax.plot(x, y, lw=0.7, color="#c4c7cc", zorder=2)
+            ax.scatter(x, y, s=14 if len(y) < 80 else 7, marker=markers[si % len(markers)], c=pc, zorder=3,
+                       linewidths=0)
+            bounds = [0] + [c["index"] for c in s["cps"] if 0 < c["index"] < len(y)] + [len(y)]
+            for a, b in zip(bounds[:-1], bounds[1:]):
+                if b - a >= 1 and len(bounds) > 2:
+                    seg = float(np.median(y[a:b]))
+                    ax.plot([a - 0.3, b - 0.7], [seg, seg], color="#5f6368", lw=1.6, alpha=0.55, zorder=1)
             for cp in s["cps"]:
                 i = cp["index"]
-                if 0 < i < len(x):
-                    xm = _midpoint(x[i - 1], x[i])
-                    bad = cp["bad"]
-                    ax.axvline(xm, color="#c62828" if bad else "#2e7d32", ls="--", lw=1.0, zorder=1)
-                    ax.annotate(f"{cp['change_pct']:+.1f}%", (xm, 1.0), xycoords=("data", "axes fraction"),
-                                xytext=(2, -2), textcoords="offset points", va="top", fontsize=7.5,
-                                color="#c62828" if bad else "#2e7d32")
-            # segment medians as a step line
-            bounds = [0] + [c["index"] for c in s["cps"] if 0 < c["index"] < len(x)] + [len(x)]
-            for a, b in zip(bounds[:-1], bounds[1:]):
-                if b - a >= 1:
-                    seg = float(np.median(y[a:b]))
-                    ax.plot([x[a], x[b - 1]], [seg, seg], color=col, lw=2.0, alpha=0.35, zorder=1)
-        ax.set_title(_metric_title(p["metric"], p["unit"]) + " — per-run median", loc="left")
-        if len(p["series"]) > 1:
-            ax.legend(fontsize=7, frameon=False, loc="best")
-        if p["dates"]:
-            import matplotlib.dates as mdates
-
-            loc = mdates.AutoDateLocator(maxticks=6)
-            ax.xaxis.set_major_locator(loc)
-            ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(loc))
-        else:
-            ax.set_xlabel("run (oldest first)")
-    fig.tight_layout()
+                if 0 < i < len(y):
+                    col = "#c62828" if cp["bad"] else "#2e7d32"
+                    ax.axvline(i - 0.5, color=col, ls="--", lw=1.0, zorder=1)
+                    ax.annotate(f"{cp['change_pct']:+.1f}% at {_short(cp['label'], 22)}", (i - 0.5, 1.0),
+                                xycoords=("data", "axes fraction"), xytext=(3, -1), textcoords="offset points",
+                                va="top", fontsize=7.5, color=col)
+        ticks = p["ticks"]
+        if ticks:
+            ax.set_xticks([t[0] for t in ticks])
+            ax.set_xticklabels([t[1] for t in ticks], fontsize=7.5)
+        ax.set_xlim(-0.8, npts - 0.2)
+        ax.grid(axis="x", visible=False)
+        ax.set_title(_metric_title(p["metric"], p["unit"]) + " — median per run", loc="left")
+    handles = [Line2D([], [], ls="", marker="o", color=c, label=_short(k, 28)) for k, c in seen.items()]
+    pairs = [s["pair"] for s in panels[0]["series"]]
+    if len(pairs) > 1:
+        handles += [Line2D([], [], ls="", marker=markers[i % len(markers)], color="#5f6368", label=str(pr))
+                    for i, pr in enumerate(pairs)]
+    if handles:
+        fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), frameon=False, fontsize=7.5,
+                   bbox_to_anchor=(0.5, 0.0))
     return _svg(fig, f"h:{test}")
 
 
@@ -448,6 +476,7 @@ class Ctx:
     outcomes: list[dict] = field(default_factory=list)
     runs: list[dict] = field(default_factory=list)
     csv: dict = field(default_factory=dict)
+    run_groups: list[dict] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     colors: dict = field(default_factory=dict)
     n_samples: int = 0
@@ -514,11 +543,11 @@ def build_context(store, builds=None, baseline=None, title=None, note=None, db=N
         ctx.banners.append({"kind": "note", "text": note})
 
     # -- per-build statistics
-    g = df.groupby(["test", "metric", "label"], sort=False)["value"]
+    g = df.groupby(["test", "metric", "label"], sort=False, observed=True)["value"]
     stats = g.agg(["count", "median"])
     q = g.quantile([0.25, 0.75]).unstack()
     stats["iqr"] = q[0.75] - q[0.25]
-    units = df.groupby(["test", "metric"], sort=False)[["unit", "better"]].first()
+    units = df.groupby(["test", "metric"], sort=False, observed=True)[["unit", "better"]].first()
 
     # -- comparisons from the gate
     comps: dict[tuple[str, str, str], Any] = {}
@@ -576,7 +605,11 @@ def build_context(store, builds=None, baseline=None, title=None, note=None, db=N
                            p=None, more_runs=None, env_diff=None)
             row["severity"] = _severity(row)
             rows.append(row)
-    rows.sort(key=lambda r: (VERDICT_ORDER.get(r["verdict"], 9), -r["severity"]))
+    def order(r):
+        v = VERDICT_ORDER.get(r["verdict"], 9)
+        sev = -r["severity"] if r["verdict"] in ("regression", "improvement") else 0.0
+        return (v, sev, r["test"], METRIC_ORDER.get(r["metric"], 99), r["metric"], builds.index(r["build"]))
+    rows.sort(key=order)
     ctx.summary = rows
     cnt: dict[str, int] = {}
     for r in rows:
@@ -592,7 +625,7 @@ def build_context(store, builds=None, baseline=None, title=None, note=None, db=N
     hist = _history(store, df, runs, builds)
     tests = list(dict.fromkeys(t for t, _ in tm_keys))
     tests.sort(key=lambda t: (VERDICT_ORDER.get(verdict_of_test.get(t, "none"), 9), t))
-    by_tm = {k: v for k, v in df.groupby(["test", "metric"], sort=False)} if len(df) else {}
+    by_tm = {k: v for k, v in df.groupby(["test", "metric"], sort=False, observed=True)} if len(df) else {}
     for t in tests:
         metrics = []
         notes = []
@@ -602,7 +635,7 @@ def build_context(store, builds=None, baseline=None, title=None, note=None, db=N
             sub = by_tm[(t, m)]
             unit, better = units.loc[(t, m)]
             vals = {}
-            for b, s in sub.groupby("label", sort=False)["value"]:
+            for b, s in sub.groupby("label", sort=False, observed=True)["value"]:
                 vals[b] = np.sort(s.to_numpy(dtype=float))
             shown = {b: min(len(v), MAX_POINTS) for b, v in vals.items()}
             if any(len(v) > MAX_POINTS for v in vals.values()):
@@ -613,7 +646,7 @@ def build_context(store, builds=None, baseline=None, title=None, note=None, db=N
         hfig = None
         hnotes = []
         if t in hist:
-            hfig = history_figure(t, hist[t]["panels"])
+            hfig = history_figure(t, hist[t]["panels"], colors)
             hnotes = hist[t]["notes"]
         ctx.tests.append({"name": t, "anchor": _anchor(t), "verdict": verdict_of_test.get(t, "none"),
                           "figure": fig, "notes": notes, "history": hfig, "history_notes": hnotes,
@@ -623,12 +656,13 @@ def build_context(store, builds=None, baseline=None, title=None, note=None, db=N
     ctx.env = _env_diff(runs, builds)
     ctx.outcomes = _outcomes(store, builds, run_info)
     ctx.runs = _runs_table(runs, df)
+    ctx.run_groups = _runs_by_build(runs, builds)
 
     # -- CSV
-    summary_df = (df.groupby(["label", "pair", "run_id", "test", "metric", "unit"], sort=True, dropna=False)["value"]
+    summary_df = (df.groupby(["label", "pair", "run_id", "test", "metric", "unit"], sort=True, dropna=False, observed=True)["value"]
                   .agg(["count", "median", "min", "max"]).reset_index()) if len(df) else pd.DataFrame()
     csum = summary_df.to_csv(index=False, lineterminator="\n", float_format="%.6g").encode() if len(df) else b""
-    ctx.csv = {"rows": len(df), "cap": CSV_MAX_ROWS, "summary_uri": data_uri(csum) if csum else None,
+    ctx.csv = {"rows": len(df), "cap": CSV_MAX_ROWS, "raw_uri": None, "raw_bytes": 0, "summary_uri": data_uri(csum) if csum else None,
                "summary_rows": len(summary_df), "summary_bytes": len(csum),
                "export_cmd": ctx.command + " --out report.html --csv samples.csv"}
     if len(df) and (len(df) <= CSV_MAX_ROWS or csv_path is not None):
@@ -743,7 +777,7 @@ def _history(store, df, runs, builds) -> dict:
     per_run = per_run[per_run["run_id"].isin(keep)]
     if per_run.empty:
         return {}
-    med = per_run.groupby(["test", "metric", "run_id"], sort=False).agg(
+    med = per_run.groupby(["test", "metric", "run_id"], sort=False, observed=True).agg(
         value=("value", "median"), unit=("unit", "first"), better=("better", "first")).reset_index()
     med["pair"] = med["run_id"].map(lambda i: meta.get(i, (None, None, None))[1])
     med["label"] = med["run_id"].map(lambda i: meta.get(i, (None, None, None))[0])
@@ -753,41 +787,42 @@ def _history(store, df, runs, builds) -> dict:
     except ImportError:
         change_points = None
     out: dict[str, dict] = {}
-    selected = set(builds)
-    for t, tdf in med.groupby("test", sort=False):
-        runs_per_pair = tdf.groupby("pair")["run_id"].nunique()
+    for t, tdf in med.groupby("test", sort=False, observed=True):
+        runs_per_pair = tdf.groupby("pair", observed=True)["run_id"].nunique()
         if runs_per_pair.max() < HISTORY_MIN_RUNS:
             continue
         panels = []
         notes = []
-        for m, mdf in sorted(tdf.groupby("metric", sort=False), key=lambda kv: METRIC_ORDER.get(kv[0], 99)):
+        for m, mdf in sorted(tdf.groupby("metric", sort=False, observed=True), key=lambda kv: METRIC_ORDER.get(kv[0], 99)):
             series = []
-            dates = mdf["when"].notna().all()
-            for pair, pdf in mdf.groupby("pair", sort=True):
+            ticks: list = []
+            for pair, pdf in mdf.groupby("pair", sort=True, observed=True):
                 if pdf["run_id"].nunique() < HISTORY_MIN_RUNS:
                     continue
-                pdf = pdf.sort_values(["when", "run_id"] if dates else ["run_id"])
+                pdf = pdf.sort_values(["when", "run_id"], na_position="first")
                 y = pdf["value"].to_numpy(dtype=float)
-                x = list(pdf["when"]) if dates else list(range(len(y)))
                 cps = []
                 if change_points is not None:
                     try:
+                        better = pdf["better"].iloc[0]
                         for cp in change_points(list(y)):
-                            better = pdf["better"].iloc[0]
+                            i = int(_get(cp, "index"))
                             ch = float(_get(cp, "change_pct"))
                             bad = (ch > 0) if better == "lower" else (ch < 0) if better == "higher" else True
-                            cps.append({"index": int(_get(cp, "index")), "change_pct": ch, "bad": bad,
-                                        "label": pdf["label"].iloc[int(_get(cp, "index"))]
-                                        if int(_get(cp, "index")) < len(pdf) else ""})
-                    except Exception as exc:  # noqa: BLE001
+                            cps.append({"index": i, "change_pct": ch, "bad": bad,
+                                        "label": str(pdf["label"].iloc[i]) if 0 <= i < len(pdf) else ""})
+                    except Exception as exc:  # noqa: BLE001 - history is optional
                         notes.append(f"change points of {m} on {pair}: {exc}")
                 for c in cps:
-                    notes.append(f"{pair}, {m}: step {c['change_pct']:+.2f}% at build {c['label']}"
+                    notes.append(f"{pair}, {m}: step {c['change_pct']:+.2f}% from build {c['label']}"
                                  + (" (worse)" if c["bad"] else " (better)"))
-                series.append({"pair": pair, "x": x, "y": y, "cps": cps,
-                               "highlight": [lb in selected for lb in pdf["label"]]})
+                if not ticks:
+                    whens = list(pdf["when"])
+                    idx = sorted(set(np.linspace(0, len(y) - 1, min(5, len(y))).round().astype(int).tolist()))
+                    ticks = [(i, whens[i].strftime("%m-%d %H:%M") if not pd.isna(whens[i]) else str(i)) for i in idx]
+                series.append({"pair": pair, "y": y, "cps": cps, "labels": [str(lb) for lb in pdf["label"]]})
             if series:
-                panels.append({"metric": m, "unit": mdf["unit"].iloc[0], "series": series, "dates": bool(dates)})
+                panels.append({"metric": m, "unit": mdf["unit"].iloc[0], "series": series, "ticks": ticks})
         if panels:
             if change_points is None:
                 notes.append("change-point detection unavailable (hwtests.history missing)")
@@ -831,12 +866,24 @@ def _env_diff(runs, builds) -> dict:
             (0 < len(present) < len(builds))
         rows.append({"role": role, "key": key.replace("env.", ""), "cells": [_cell(c) for c in cells],
                      "differs": differs})
+    # one row for facts equal on both hosts (rx and tx) of every build
+    merged: dict[tuple, dict] = {}
+    for r in rows:
+        k = (r["key"], tuple(c["text"] for c in r["cells"]), r["role"] == "artifact")
+        if k in merged:
+            merged[k]["roles"].append(r["role"])
+        else:
+            merged[k] = dict(r, roles=[r["role"]])
+    rows = []
+    for r in merged.values():
+        r["role"] = ", ".join(sorted(r.pop("roles"), key=lambda x: {"rx": 0, "tx": 1}.get(x, 2)))
+        rows.append(r)
     for role in sorted({r for (_, r) in boots}):
         cells = [str(len(boots.get((b, role), ()))) for b in builds]
         rows.append({"role": role, "key": "boots (distinct boot ids)", "cells": [_cell([c]) for c in cells],
                      "differs": False})
     prio = {"kernel_release": 0, "proc_version": 1, "config_hash": 2, "cmdline": 3, "nic_driver": 4, "nic_firmware": 5}
-    role_prio = {"rx": 0, "tx": 1, "artifact": 9}
+    role_prio = {"rx, tx": 0, "rx": 1, "tx": 2, "artifact": 9}
     rows.sort(key=lambda r: (not r["differs"], role_prio.get(r["role"], 5), prio.get(r["key"], 50), r["key"]))
     return {"rows": rows, "n_differ": sum(r["differs"] for r in rows),
             "hosts": {b: ", ".join(sorted(hosts_of.get(b, ()))) for b in builds}}
@@ -879,8 +926,44 @@ def _outcomes(store, builds, run_info) -> list[dict]:
     return sorted(agg.values(), key=lambda a: (a["outcome"] != "failed", a["test"], str(a["build"])))
 
 
+def _runs_by_build(runs, builds) -> list[dict]:
+    """Per build and pair: number of runs, first and last start, inventory hashes, controllers."""
+    agg: dict[tuple, dict] = {}
+    for r in runs:
+        k = (_get(r, "label"), _get(r, "pair"))
+        a = agg.setdefault(k, {"build": k[0], "pair": k[1], "n": 0, "times": [], "inv": set(), "ctl": set(),
+                               "src": set(), "hosts": set()})
+        a["n"] += 1
+        if _get(r, "started") is not None:
+            a["times"].append(_to_datetime(_get(r, "started")))
+        a["inv"].add(str(_get(r, "inventory_hash") or "")[:12])
+        a["ctl"].add(str(_get(r, "controller") or ""))
+        a["src"].add(str(_get(r, "source") or ""))
+        for h in _get(r, "hosts", []) or []:
+            a["hosts"].add(f"{_get(h, 'role', '')}={_get(h, 'name', '')}")
+    out = []
+    for a in agg.values():
+        ts = sorted(t for t in a["times"] if not _isna(t))
+        out.append({"build": a["build"], "pair": a["pair"], "n": a["n"],
+                    "first": _fmt_time(ts[0]) if ts else "", "last": _fmt_time(ts[-1]) if ts else "",
+                    "inventory": ", ".join(sorted(a["inv"] - {""})), "controller": ", ".join(sorted(a["ctl"] - {""})),
+                    "source": ", ".join(sorted(a["src"] - {""})),
+                    "hosts": ", ".join(sorted(a["hosts"], key=lambda x: (not x.startswith("rx"), x)))})
+    order = {b: i for i, b in enumerate(builds)}
+    out.sort(key=lambda x: (order.get(x["build"], 99), str(x["pair"])))
+    return out
+
+
+def _isna(x) -> bool:
+    try:
+        import pandas as pd
+        return bool(pd.isna(x))
+    except (TypeError, ValueError):
+        return False
+
+
 def _runs_table(runs, df) -> list[dict]:
-    counts = df.groupby("run_id").size().to_dict() if len(df) else {}
+    counts = df.groupby("run_id", observed=True).size().to_dict() if len(df) else {}
     out = []
     for r in runs:
         hosts = _get(r, "hosts", []) or []

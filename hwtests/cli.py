@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "hwtests.probe",
     "hwtests.runner",
     "hwtests.abrun",
+    "hwtests.report",
 )
 
 EPILOG = """exit codes: 0 ok; 1 a test failed or a regression was found; 2 bad input;

@@ -289,6 +289,8 @@ def _mpl():
 
 
 _SVG_HEAD = re.compile(r"^.*?(<svg\b)", re.S)
+_SVG_META = re.compile(r"<metadata>.*?</metadata>\s*", re.S)
+_SVG_XMLNS = re.compile(r'\sxmlns(?::xlink)?="[^"]*"')
 _SVG_SIZE = re.compile(r'(<svg\b[^>]*?)\s(width|height)="[^"]*"')
 
 
@@ -304,6 +306,9 @@ def _svg(fig, key: str) -> str:
     s = _SVG_HEAD.sub(r"\1", buf.getvalue(), count=1)
     s = _SVG_SIZE.sub(r"\1", s, count=1)
     s = _SVG_SIZE.sub(r"\1", s, count=1)
+    # inline in HTML the namespaces are implied; the RDF metadata block only names namespaces
+    s = _SVG_META.sub("", s, count=1)
+    s = _SVG_XMLNS.sub("", s[:400]) + s[400:]
     return s.replace("<svg ", '<svg class="fig" role="img" ', 1)
 
 

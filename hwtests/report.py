@@ -23,6 +23,7 @@ import datetime as _dt
 import hashlib
 import io
 import math
+import os
 import re
 import shlex
 import sys
@@ -34,6 +35,8 @@ from .errors import InputError
 
 MAX_POINTS = 2000          # plotted points per build and metric
 CSV_MAX_ROWS = 200_000     # raw sample rows embedded in the page
+PARALLEL_MIN_SAMPLES = 200_000   # from this many samples figures are drawn in worker processes
+FIGURE_WORKERS = 2
 HISTORY_MIN_RUNS = 5       # runs of a test on a pair before a history figure is drawn
 HISTORY_MAX_RUNS = 200     # most recent runs considered for history figures
 ENV_VALUE_MAX = 160        # characters of an environment value shown in a table cell
@@ -335,17 +338,16 @@ def samples_figure(test: str, metrics: list[dict], builds: list[str], colors: di
         rng = np.random.default_rng(1234)          # deterministic jitter
         for i, b in enumerate(builds):
             y = nb - 1 - i
-            vals = m["values"].get(b)
-            if vals is None or len(vals) == 0:
+            d = m["values"].get(b)
+            if d is None or len(d["pts"]) == 0:
                 ax.text(0.5, y, "no samples", transform=ax.get_yaxis_transform(), ha="center", va="center",
                         color="#888", fontsize=8)
                 continue
-            pts = thin_sorted(vals)
+            pts = d["pts"]
             jit = rng.uniform(-0.28, 0.28, len(pts))
             ax.scatter(pts, y + jit, s=9 if len(pts) < 300 else 4, alpha=0.55 if len(pts) < 300 else 0.3,
                        color=colors[b], linewidths=0, rasterized=len(pts) > 150, zorder=2)
-            med = float(np.median(vals))
-            ci = median_ci(vals)
+            med, ci = d["median"], d["ci"]
             if ci:
                 ax.plot([ci[0], ci[1]], [y, y], color="#111", lw=2.2, solid_capstyle="butt", zorder=4)
             ax.plot([med, med], [y - 0.36, y + 0.36], color="#111", lw=1.6, zorder=5)
@@ -363,6 +365,97 @@ def samples_figure(test: str, metrics: list[dict], builds: list[str], colors: di
         if hasattr(fmt, "set_useOffset"):
             fmt.set_useOffset(False)
     return _svg(fig, f"s:{test}")
+
+
+def _draw(job: tuple[str, tuple]) -> str:
+    name, args = job
+    return {"samples_figure": samples_figure, "history_figure": history_figure}[name](*args)
+
+
+class _Painter:
+    """Draws figure jobs, in `FIGURE_WORKERS` child processes when there are many samples.
+
+    The children are plain `python -c` processes fed pickled jobs on stdin (no
+    multiprocessing: its spawn mode re-imports the caller's __main__). They start
+    drawing while this process runs the gate, and they hold only the thinned points.
+    """
+
+    def __init__(self, parallel: bool):
+        self.jobs: list[tuple[str, tuple]] = []
+        self.procs: list = []
+        self.parallel = parallel and FIGURE_WORKERS > 1 and (os.cpu_count() or 1) > 1
+
+    def add(self, name: str, args: tuple) -> None:
+        self.jobs.append((name, args))
+
+    def start(self) -> None:
+        if not self.parallel or len(self.jobs) < 2:
+            return
+        import pickle
+        import subprocess
+        import threading
+
+        pkg_root = str(Path(__file__).resolve().parent.parent)
+        env = dict(os.environ, MPLBACKEND="Agg",
+                   PYTHONPATH=pkg_root + (os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else ""))
+        n = min(FIGURE_WORKERS, len(self.jobs))
+        shares: list[list[int]] = [list(range(i, len(self.jobs), n)) for i in range(n)]
+        try:
+            for idx in shares:
+                p = subprocess.Popen([sys.executable, "-c", "import hwtests.report as r; r._worker_main()"],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+                payload = pickle.dumps([self.jobs[i] for i in idx], protocol=pickle.HIGHEST_PROTOCOL)
+                box: dict = {}
+
+                def feed(p=p, payload=payload):
+                    try:
+                        p.stdin.write(payload)
+                        p.stdin.close()
+                    except OSError:
+                        pass
+
+                def drain(p=p, box=box):
+                    box["out"] = p.stdout.read()
+                    box["err"] = p.stderr.read()
+
+                threads = [threading.Thread(target=feed, daemon=True), threading.Thread(target=drain, daemon=True)]
+                for t in threads:
+                    t.start()
+                self.procs.append((p, idx, box, threads))
+        except OSError:
+            self.procs = []
+
+    def finish(self) -> dict[tuple[str, str], str]:
+        import pickle
+
+        out: dict[tuple[str, str], str] = {}
+        done: set[int] = set()
+        for p, idx, box, threads in self.procs:
+            for t in threads:
+                t.join()
+            p.wait()
+            if p.returncode == 0:
+                try:
+                    svgs = pickle.loads(box["out"])
+                except Exception:  # noqa: BLE001 - redraw here
+                    continue
+                for i, svg in zip(idx, svgs):
+                    out[(self.jobs[i][0], self.jobs[i][1][0])] = svg
+                    done.add(i)
+        for i, job in enumerate(self.jobs):      # serial, or whatever a worker could not draw
+            if i not in done:
+                out[(job[0], job[1][0])] = _draw(job)
+        return out
+
+
+def _worker_main() -> None:
+    import pickle
+
+    _mpl()
+    jobs = pickle.load(sys.stdin.buffer)
+    res = [_draw(j) for j in jobs]
+    sys.stdout.buffer.write(pickle.dumps(res, protocol=pickle.HIGHEST_PROTOCOL))
+    sys.stdout.buffer.flush()
 
 
 def _fixed_layout(fig, width, height, left, right, top, bottom, wspace, ncol):
@@ -554,6 +647,39 @@ def build_context(store, builds=None, baseline=None, title=None, note=None, db=N
     stats["iqr"] = q[0.75] - q[0.25]
     units = df.groupby(["test", "metric"], sort=False, observed=True)[["unit", "better"]].first()
 
+    # -- figures: drawn (in worker processes when large) while the gate runs below
+    tm_keys = sorted({(t, m) for t, m in units.index},
+                     key=lambda k: (k[0], METRIC_ORDER.get(k[1], 99), k[1]))
+    hist = _history(store, df, runs, builds)
+    painter = _Painter(parallel=len(df) >= PARALLEL_MIN_SAMPLES)
+    by_tm = {k: v for k, v in df.groupby(["test", "metric"], sort=False, observed=True)} if len(df) else {}
+    for t in dict.fromkeys(t for t, _ in tm_keys):
+        metrics = []
+        notes = []
+        for (tt, m) in tm_keys:
+            if tt != t:
+                continue
+            sub = by_tm[(t, m)]
+            unit, better = units.loc[(t, m)]
+            vals = {}
+            for b, s in sub.groupby("label", sort=False, observed=True)["value"]:
+                v = np.sort(s.to_numpy(dtype=float))
+                if len(v):
+                    vals[str(b)] = {"pts": thin_sorted(v), "median": float(np.median(v)), "ci": median_ci(v),
+                                    "n": len(v)}
+            if any(d["n"] > MAX_POINTS for d in vals.values()):
+                notes.append(f"{_metric_title(m, unit)}: " + "; ".join(
+                    f"{b}: {fmt_int(len(d['pts']))} of {fmt_int(d['n'])} points drawn" for b, d in vals.items()))
+            metrics.append({"metric": m, "unit": unit, "better": better, "values": vals})
+        shown_builds = [b for b in builds if any(b in mm["values"] for mm in metrics)]
+        painter.add("samples_figure", (t, metrics, shown_builds, colors))
+        if t in hist:
+            painter.add("history_figure", (t, hist[t]["panels"], colors))
+        ctx.tests.append({"name": t, "anchor": _anchor(t), "verdict": "none", "figure": None, "notes": notes,
+                          "history": None, "history_notes": hist[t]["notes"] if t in hist else [], "rows": []})
+    del by_tm
+    painter.start()
+
     # -- comparisons from the gate
     comps: dict[tuple[str, str, str], Any] = {}
     if baseline and candidates:
@@ -572,8 +698,6 @@ def build_context(store, builds=None, baseline=None, title=None, note=None, db=N
     ctx.gate = _gate_params()
 
     # -- summary rows
-    tm_keys = sorted({(t, m) for t, m in units.index},
-                     key=lambda k: (k[0], METRIC_ORDER.get(k[1], 99), k[1]))
     def st(t, m, b):
         try:
             r = stats.loc[(t, m, b)]
@@ -621,41 +745,19 @@ def build_context(store, builds=None, baseline=None, title=None, note=None, db=N
         cnt[r["verdict"]] = cnt.get(r["verdict"], 0) + 1
     ctx.counts = cnt
 
-    # -- per-test figures
+    # -- tests in verdict order, with their figures
     verdict_of_test: dict[str, str] = {}
     for r in rows:
         v = verdict_of_test.get(r["test"])
         if v is None or VERDICT_ORDER[r["verdict"]] < VERDICT_ORDER[v]:
             verdict_of_test[r["test"]] = r["verdict"]
-    hist = _history(store, df, runs, builds)
-    tests = list(dict.fromkeys(t for t, _ in tm_keys))
-    tests.sort(key=lambda t: (VERDICT_ORDER.get(verdict_of_test.get(t, "none"), 9), t))
-    by_tm = {k: v for k, v in df.groupby(["test", "metric"], sort=False, observed=True)} if len(df) else {}
-    for t in tests:
-        metrics = []
-        notes = []
-        for (tt, m) in tm_keys:
-            if tt != t:
-                continue
-            sub = by_tm[(t, m)]
-            unit, better = units.loc[(t, m)]
-            vals = {}
-            for b, s in sub.groupby("label", sort=False, observed=True)["value"]:
-                vals[b] = np.sort(s.to_numpy(dtype=float))
-            shown = {b: min(len(v), MAX_POINTS) for b, v in vals.items()}
-            if any(len(v) > MAX_POINTS for v in vals.values()):
-                notes.append(f"{_metric_title(m, unit)}: " + "; ".join(
-                    f"{b}: {fmt_int(shown[b])} of {fmt_int(len(vals[b]))} points drawn" for b in vals))
-            metrics.append({"metric": m, "unit": unit, "better": better, "values": vals})
-        fig = samples_figure(t, metrics, [b for b in builds if any(b in mm["values"] for mm in metrics)], colors)
-        hfig = None
-        hnotes = []
-        if t in hist:
-            hfig = history_figure(t, hist[t]["panels"], colors)
-            hnotes = hist[t]["notes"]
-        ctx.tests.append({"name": t, "anchor": _anchor(t), "verdict": verdict_of_test.get(t, "none"),
-                          "figure": fig, "notes": notes, "history": hfig, "history_notes": hnotes,
-                          "rows": [r for r in rows if r["test"] == t]})
+    figs = painter.finish()
+    for tt in ctx.tests:
+        tt["verdict"] = verdict_of_test.get(tt["name"], "none")
+        tt["rows"] = [r for r in rows if r["test"] == tt["name"]]
+        tt["figure"] = figs.get(("samples_figure", tt["name"]))
+        tt["history"] = figs.get(("history_figure", tt["name"]))
+    ctx.tests.sort(key=lambda tt: (VERDICT_ORDER.get(tt["verdict"], 9), tt["name"]))
 
     # -- environment diff, outcomes, runs
     ctx.env = _env_diff(runs, builds)

@@ -479,7 +479,7 @@ def history_figure(test: str, panels: list[dict], colors: dict[str, str]) -> str
     width = 11.0 if ncol > 1 else 8.0
     height = 2.7
     fig, axes = plt.subplots(1, ncol, figsize=(width, height), squeeze=False)
-    _fixed_layout(fig, width, height, left=0.62, right=0.15, top=0.3, bottom=0.62, wspace=0.85, ncol=ncol)
+    _fixed_layout(fig, width, height, left=0.62, right=0.4, top=0.3, bottom=0.62, wspace=0.95, ncol=ncol)
     markers = "osD^v<>"
     seen: dict[str, str] = {}
     for ax, p in zip(axes[0], panels):
@@ -491,7 +491,13 @@ def history_figure(test: str, panels: list[dict], colors: dict[str, str]) -> str
             pc = [colors.get(lb, "#9aa0a6") for lb in s["labels"]]
             for lb in s["labels"]:
                 seen.setdefault(lb if lb in colors else "other builds", colors.get(lb, "#9aa0a6"))
-            ax.plot(x, y, lw=0.7, color="#c4c7cc", zorder=2)
+            labs = np.asarray(s["labels"], dtype=object)
+            own = np.isin(labs, list(colors))
+            if (~own).sum() > 1:      # other builds (e.g. nightlies): one grey line through them
+                ax.plot(x[~own], y[~own], lw=0.7, color="#c4c7cc", zorder=2)
+            for lb in dict.fromkeys(labs[own]):   # each build of the report: its own line
+                sel = labs == lb
+                ax.plot(x[sel], y[sel], lw=0.8, color=colors[lb], alpha=0.45, zorder=2)
             ax.scatter(x, y, s=14 if len(y) < 80 else 7, marker=markers[si % len(markers)], c=pc, zorder=3,
                        linewidths=0)
             bounds = [0] + [c["index"] for c in s["cps"] if 0 < c["index"] < len(y)] + [len(y)]

@@ -10,10 +10,12 @@ Scale: everything is aggregated with pandas/numpy from one `store.samples()`
 frame; a figure draws at most `MAX_POINTS` points per build (evenly spaced order
 statistics of the build's samples, min and max included, so the shape and the
 outliers survive and the output is deterministic). The raw samples are embedded
-as a CSV download (a `data:` URI, no JavaScript) up to `CSV_MAX_ROWS` rows; above
-that the page embeds the per-run summary CSV only and names the command that
-exports every row (`hwtests report ... --csv FILE`), because a 1M-row CSV as a
-data URI makes a 60+ MB page that browsers open slowly and mail servers refuse.
+as a CSV download (a percent-encoded `data:` URI, no JavaScript) up to
+`CSV_MAX_BYTES` (16 MiB, about 120k samples); above that the page embeds the
+per-run summary CSV (count, median, min, max per run, test and metric) and names
+the command that exports every row (`hwtests report ... --csv FILE`): 1M samples
+are ~130 MB of CSV, a page browsers open slowly and mail servers refuse, and a
+gzip+base64 payload could not be downloaded as CSV without JavaScript.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from typing import Any, Iterable
 from .errors import InputError
 
 MAX_POINTS = 2000          # plotted points per build and metric
-CSV_MAX_ROWS = 200_000     # raw sample rows embedded in the page
+CSV_MAX_BYTES = 16 << 20   # raw samples CSV embedded in the page up to this size (~120k rows)
 PARALLEL_MIN_SAMPLES = 200_000   # from this many samples figures are drawn in worker processes
 FIGURE_WORKERS = 2
 HISTORY_MIN_RUNS = 5       # runs of a test on a pair before a history figure is drawn
@@ -775,17 +777,21 @@ def build_context(store, builds=None, baseline=None, title=None, note=None, db=N
     summary_df = (df.groupby(["label", "pair", "run_id", "test", "metric", "unit"], sort=True, dropna=False, observed=True)["value"]
                   .agg(["count", "median", "min", "max"]).reset_index()) if len(df) else pd.DataFrame()
     csum = summary_df.to_csv(index=False, lineterminator="\n", float_format="%.6g").encode() if len(df) else b""
-    ctx.csv = {"rows": len(df), "cap": CSV_MAX_ROWS, "raw_uri": None, "raw_bytes": 0, "summary_uri": data_uri(csum) if csum else None,
+    ctx.csv = {"rows": len(df), "cap_bytes": CSV_MAX_BYTES, "raw_uri": None, "raw_bytes": 0,
+               "summary_uri": data_uri(csum) if csum else None,
                "summary_rows": len(summary_df), "summary_bytes": len(csum),
                "export_cmd": ctx.command + " --out report.html --csv samples.csv"}
-    if len(df) and (len(df) <= CSV_MAX_ROWS or csv_path is not None):
-        raw = samples_csv(df)
+    if len(df):
+        # estimate first: never build a CSV of a million rows only to throw it away
+        est = len(samples_csv(df.iloc[:2000])) / min(len(df), 2000) * len(df)
+        embed = est <= CSV_MAX_BYTES * 1.2
+        raw = samples_csv(df) if (embed or csv_path is not None) else None
         if csv_path is not None:
             Path(csv_path).parent.mkdir(parents=True, exist_ok=True)
             Path(csv_path).write_bytes(raw)
-        if len(df) <= CSV_MAX_ROWS:
+        ctx.csv["raw_bytes"] = len(raw) if raw is not None else int(est)
+        if raw is not None and len(raw) <= CSV_MAX_BYTES:
             ctx.csv["raw_uri"] = data_uri(raw)
-            ctx.csv["raw_bytes"] = len(raw)
     return ctx
 
 

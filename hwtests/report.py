@@ -813,26 +813,38 @@ def _anchor(s: str) -> str:
 
 
 def _emulation(runs) -> str | None:
-    """A sentence when any run's hosts were emulated (QEMU TCG) or virtualized."""
-    found: dict[str, set[str]] = {}
+    """A sentence when any run's hosts were emulated (QEMU TCG) or virtualized.
+
+    Looks at each host's env: `virt`/`accel`/`virtualization` ("tcg", "kvm", ...), the
+    CPUID `hypervisor` flag (True or a vendor), and a `cpu_model` naming QEMU TCG.
+    """
+    tcg: set[str] = set()
+    virt: dict[str, set[str]] = {}
     for r in runs:
         for h in _get(r, "hosts", []) or []:
-            env = _flatten(_get(h, "env", {}) or {})
-            for k, v in env.items():
+            name = str(_get(h, "name", "?"))
+            for k, v in _flatten(_get(h, "env", {}) or {}).items():
                 key = k.lower().rsplit(".", 1)[-1]
                 val = str(v).strip()
-                if key in ("virt", "virtualization", "hypervisor", "hypervisor_vendor", "accel") and \
-                        val and val.lower() not in ("none", "no", "false", "0", "bare-metal", "bare metal", "metal"):
-                    found.setdefault(val, set()).add(str(_get(h, "name", "?")))
-    if not found:
-        return None
-    tcg = any("tcg" in k.lower() for k in found)
-    what = "; ".join(f"{k} on {', '.join(sorted(v))}" for k, v in sorted(found.items()))
+                low = val.lower()
+                if low in ("", "none", "no", "false", "0", "bare-metal", "bare metal", "metal", "null"):
+                    continue
+                if key in ("virt", "virtualization", "accel", "hypervisor", "hypervisor_vendor"):
+                    if "tcg" in low:
+                        tcg.add(name)
+                    else:
+                        virt.setdefault("hypervisor" if low == "true" else f"{key} {val}", set()).add(name)
+                elif key in ("cpu_model", "model", "model_name") and "tcg" in low:
+                    tcg.add(name)
     if tcg:
-        return (f"Emulated numbers: hosts ran under QEMU TCG ({what}). Cycles, ns and Gbit/s measure the "
-                "emulator, not hardware: use them to compare builds measured the same way, never as absolute figures.")
-    return (f"Virtualized hosts ({what}): numbers include hypervisor effects; compare only with runs "
-            "measured the same way.")
+        return (f"Emulated numbers: {', '.join(sorted(tcg))} ran under QEMU TCG (software CPU emulation). Cycles, "
+                "ns and Gbit/s measure the emulator, not hardware: compare builds measured the same way, never "
+                "quote them as absolute figures.")
+    if virt:
+        what = "; ".join(f"{k} on {', '.join(sorted(v))}" for k, v in sorted(virt.items()))
+        return (f"Virtualized hosts: {what}. Numbers include hypervisor effects; compare only with runs "
+                "measured the same way.")
+    return None
 
 
 def _gate_params() -> dict:

@@ -609,6 +609,8 @@ def build_context(store, builds=None, baseline=None, title=None, note=None, db=N
     import pandas as pd
 
     labels = list(store.labels())
+    if not labels:
+        raise InputError("the results store has no runs yet: nothing to report (hwtests run stores results)")
     if builds:
         unknown = [b for b in builds if b not in labels]
         if unknown:
@@ -651,8 +653,11 @@ def build_context(store, builds=None, baseline=None, title=None, note=None, db=N
     # -- per-build statistics
     g = df.groupby(["test", "metric", "label"], sort=False, observed=True)["value"]
     stats = g.agg(["count", "median"])
-    q = g.quantile([0.25, 0.75]).unstack()
-    stats["iqr"] = q[0.75] - q[0.25]
+    if len(df):
+        q = g.quantile([0.25, 0.75]).unstack()
+        stats["iqr"] = q[0.75] - q[0.25]
+    else:
+        stats["iqr"] = []
     units = df.groupby(["test", "metric"], sort=False, observed=True)[["unit", "better"]].first()
 
     # -- figures: drawn (in worker processes when large) while the gate runs below

@@ -54,6 +54,9 @@ if command -v timeout >/dev/null 2>&1; then
 fi
 T() { if [ -n "$TO" ]; then $TO "$W" "$@"; else "$@"; fi; }
 S() { n=$1; shift; printf '%s begin %s\n' "$M" "$n"; "$@" 2>&1; r=$?; printf '\n%s end %s %s\n' "$M" "$n" "$r"; }
+rd() { while IFS= read -r l || [ -n "$l" ]; do printf '%s\n' "$l"; done < "$1"; }
+euid() { while read -r k a b c; do [ "$k" = "Uid:" ] && echo "$b" && return 0; done < /proc/self/status; id -u; }
+lsq() { for q in "$1"/*; do [ -e "$q" ] && echo "${q##*/}"; done; }
 ex() { for f in "$@"; do if [ -e "$f" ]; then echo "$f yes"; else echo "$f no"; fi; done; }
 cfg() {
   if [ -r /proc/config.gz ]; then
@@ -65,30 +68,29 @@ cfg() {
   done
   echo "source: none"; return 1
 }
-R=$(uname -r)
-S uname uname -r -m
-S version cat /proc/version
-S boot_id cat /proc/sys/kernel/random/boot_id
-S uid id -u
-S cmdline cat /proc/cmdline
+U=$(uname -r -m); R=${U%% *}
+S uname echo "$U"
+S version rd /proc/version
+S boot_id rd /proc/sys/kernel/random/boot_id
+S uid euid
+S cmdline rd /proc/cmdline
 S config cfg
 S exists ex /dev/udmabuf /dev/dma_heap /proc/modules "/lib/modules/$R/build/Makefile" /dev/kmsg
-S sysctl grep -H . /proc/sys/kernel/modules_disabled /proc/sys/kernel/io_uring_disabled \
-  /sys/module/udmabuf/parameters/size_limit_mb /sys/devices/system/cpu/online \
-  /sys/devices/system/cpu/cpu0/tsc_freq_khz
 S genl T genl ctrl get name netdev
 S cpuinfo sed '/^$/q' /proc/cpuinfo
 C=/sys/devices/system/cpu
-S cpu grep -H . $C/smt/active $C/smt/control $C/cpu[0-9]*/topology/thread_siblings_list \
+S sys grep -H . /proc/sys/kernel/modules_disabled /proc/sys/kernel/io_uring_disabled \
+  /sys/module/udmabuf/parameters/size_limit_mb $C/online $C/cpu0/tsc_freq_khz \
+  $C/smt/active $C/smt/control $C/cpu[0-9]*/topology/thread_siblings_list \
   $C/cpu[0-9]*/cpufreq/scaling_governor $C/cpufreq/boost $C/cpufreq/policy[0-9]*/boost \
-  $C/intel_pstate/no_turbo $C/intel_pstate/status $C/amd_pstate/status $C/cpu0/cpufreq/scaling_driver
-S vuln grep -H . $C/vulnerabilities/*
+  $C/intel_pstate/no_turbo $C/intel_pstate/status $C/amd_pstate/status $C/cpu0/cpufreq/scaling_driver \
+  $C/vulnerabilities/*
 i=0
 for I in "$@"; do
   D="/sys/class/net/$I"
   if [ -e "$D" ]; then
     S nic$i.sys grep -H . "$D/operstate" "$D/mtu" "$D/speed" "$D/ifindex" "$D/device/numa_node"
-    S nic$i.queues ls "$D/queues"
+    S nic$i.queues lsq "$D/queues"
     S nic$i.driver readlink "$D/device/driver"
     S nic$i.ethtool_i T ethtool -i "$I"
     S nic$i.ethtool_l T ethtool -l "$I"
@@ -202,7 +204,7 @@ def build_probe(sec: dict[str, tuple[int | None, str]], ifnames: list[str], host
                 return v
         return None
 
-    kv = pp.parse_grep_h(_sec(sec, "sysctl")[1])
+    kv = pp.parse_grep_h(_sec(sec, "sys")[1])
     online = kv.get("/sys/devices/system/cpu/online")
     proc_modules = exists_any("/proc/modules")
 
@@ -210,9 +212,9 @@ def build_probe(sec: dict[str, tuple[int | None, str]], ifnames: list[str], host
     genl = pp.parse_genl_family(genl_body, genl_rc)
 
     cpu = pp.parse_cpuinfo(_ok(sec, "cpuinfo") or "")
-    ckv = pp.parse_grep_h(_sec(sec, "cpu")[1])
+    ckv = kv
     tsc, tsc_src = pp.tsc_khz(cpu, kv.get("/sys/devices/system/cpu/cpu0/tsc_freq_khz"))
-    vulns = pp.parse_vulnerabilities(_sec(sec, "vuln")[1])
+    vulns = pp.parse_vulnerabilities(_sec(sec, "sys")[1])
     cpu_out = {
         "model": cpu["model"], "vendor": cpu["vendor"],
         "count": pp._cpulist_len(online) if online else None, "online": online,

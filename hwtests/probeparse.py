@@ -606,5 +606,5 @@ def split_sections(text: str, marker: str) -> dict[str, tuple[int | None, str]]:
         if cur is not None:
             buf.append(line)
     if cur is not None:
-        out[cur] = (None, "\n".join(buf))
+        out[cur] = (None, "\n".join(buf).rstrip("\n"))
     return out

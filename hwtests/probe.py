@@ -302,8 +302,11 @@ def build_nic(sec: dict, i: int) -> dict[str, Any]:
     q = pp.parse_queues(*reversed(_sec(sec, p + "queues")))
     numa = pp._num(sysv("numa_node"))
     ntuple = feats.get("ntuple-filters") if feats else None
+    timed_out = [w for w in ("ethtool_i", "ethtool_l", "ethtool_g", "ethtool_k", "ethtool_x", "ethtool_link")
+                 if _sec(sec, p + w)[0] in _TIMED_OUT + (None,)]
     return {
         "present": True,
+        "incomplete": timed_out,
         "ethtool": not ethtool_missing,
         "driver": driver,
         "driver_version": info.get("version"),
@@ -471,12 +474,19 @@ def capabilities(probe: dict[str, Any], nic: Any) -> dict[str, bool | str | None
     put("ethtool", has_ethtool, "ethtool not installed")
     no_tool = "ethtool not installed"
     split = n.get("tcp_data_split")
+    cut = n.get("incomplete") or []
+
+    def cut_reason(cmd: str) -> str | None:
+        return f"ethtool {cmd} timed out or did not run" if f"ethtool_{cmd.lstrip('-')}" in cut else None
+
     if split in ("on", "off", "auto"):
         put("header_split", True)
     elif split == "n/a":
         put("header_split", False, f"{n.get('driver') or ifname} does not report TCP data split")
     elif not has_ethtool:
         put("header_split", None, no_tool)
+    elif cut_reason("-g"):
+        put("header_split", None, cut_reason("-g"))
     elif n.get("rings") is None:
         put("header_split", False, f"{n.get('driver') or ifname} has no ring parameters")
     else:
@@ -484,12 +494,12 @@ def capabilities(probe: dict[str, Any], nic: Any) -> dict[str, bool | str | None
     nt = n.get("ntuple")
     if nt is None:
         put("ntuple", None if not has_ethtool or n.get("features") is None else False,
-            no_tool if not has_ethtool else "no ntuple-filters feature")
+            no_tool if not has_ethtool else (cut_reason("-k") or "no ntuple-filters feature"))
     else:
         put("ntuple", bool(nt["on"] or not nt["fixed"]), "ntuple-filters off [fixed]")
     rss = (n.get("rss") or {}).get("supported")
     put("rss", rss, no_tool if not has_ethtool else
-        ("no RSS indirection table" if rss is False else "unknown"))
+        ("no RSS indirection table" if rss is False else (cut_reason("-x") or "unknown")))
     mx = n.get("rx_channels_max")
     if mx is None:
         mx = n.get("rx_queues")

@@ -111,11 +111,6 @@ def parse_config(text: str | None) -> dict[str, Any]:
 
 # -- ethtool -------------------------------------------------------------------
 
-_UNSUPPORTED = re.compile(r"(Operation not supported|not supported|netlink error|Cannot get|No such device|"
-                          r"command not found|not found|Permission denied|Operation not permitted|"
-                          r"Invalid argument|No data available)", re.I)
-
-
 def _kv_lines(text: str) -> Iterable[tuple[str, str]]:
     for line in text.splitlines():
         if ":" in line:
@@ -131,7 +126,7 @@ def _num(v: str | None) -> int | None:
 
 
 def failed(text: str, rc: int | None) -> bool:
-    """True when a command did not give a usable answer (non-zero status, or an error text)."""
+    """True when a command did not give a usable answer (non-zero or no exit status)."""
     return rc is None or rc != 0
 
 
@@ -145,7 +140,7 @@ def parse_ethtool_i(text: str, rc: int | None = 0) -> dict[str, str | None] | No
 
     def g(key: str) -> str | None:
         v = kv.get(key, "").strip()
-        return v if v and v.lower() not in ("n/a", "N/A") else None
+        return v if v and v.lower() != "n/a" else None
 
     return {"driver": g("driver"), "version": g("version"), "firmware": g("firmware-version"),
             "bus_info": g("bus-info")}

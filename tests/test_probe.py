@@ -600,8 +600,11 @@ def test_probe_command_timeout_gives_unknown(tmp_path):
     t0 = time.monotonic()
     p = pr.probe_host(t, ["lo"], cmd_timeout=1)
     assert time.monotonic() - t0 < 8
-    assert p["nics"]["lo"]["rings"] is None and p["nics"]["lo"]["tcp_data_split"] is None
-    assert p["nics"]["lo"]["present"] is True
+    n = p["nics"]["lo"]
+    assert n["rings"] is None and n["tcp_data_split"] is None and n["incomplete"] == ["ethtool_g"]
+    assert n["present"] is True and n["ntuple"] is not None       # the other commands still ran
+    caps = pr.capabilities(p, "lo")
+    assert caps["header_split"] is None and caps["header_split_reason"] == "ethtool -g timed out or did not run"
 
 
 def test_probe_unusable_output_is_infra_error():

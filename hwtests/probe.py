@@ -554,9 +554,10 @@ def env_from_probe(probe: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def capture_env(t: Transport) -> dict[str, Any]:
-    """The hygiene facts of the host behind `t` (one round trip)."""
-    return env_from_probe(probe_host(t, []))
+def capture_env(t: Transport, probe: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The hygiene facts of the host behind `t`: one round trip, or none when a fresh
+    `probe` of the same host (same session, same boot) is passed in."""
+    return env_from_probe(probe if probe is not None else probe_host(t, []))
 
 
 def hygiene_warnings(env: dict[str, Any]) -> list[str]:

@@ -565,6 +565,7 @@ def test_probe_this_machine_one_round_trip():
     env = pr.capture_env(t)
     assert t.calls == 2 and env["kernel_release"] == _uname_release() and env["boot_id"] == p["boot_id"]
     assert isinstance(pr.hygiene_warnings(env), list)
+    assert pr.capture_env(t, p) == dict(env) and t.calls == 2      # from the probe: no round trip
 
 
 def test_probe_with_tools_missing(tmp_path):
@@ -703,3 +704,45 @@ def test_probe_netns_lab_over_ssh(netns_lab):
         caps = pr.capabilities(p, host.nics[side.nic])
         assert caps["nic"] is True and caps["multiqueue"] is True
         assert caps["header_split"] is False and caps["ntuple"] is False and caps["rss"] is False
+
+
+# -- whole script outputs captured on real systems -----------------------------------------------
+
+def _captured(name: str, ifnames: list[str]) -> dict:
+    return pr.build_probe(pp.split_sections(sample(name), "@@hwtests-sample"), ifnames, host="x")
+
+
+def test_captured_busybox_vm_debian_612():
+    """A QEMU TCG guest: Debian 6.12 cloud kernel, busybox userland, no genl."""
+    p = _captured("vm-deb612.probe.txt", ["data0", "nosuch0"])
+    assert p["kernel_release"] == "6.12.117+deb12-cloud-amd64" and p["root"] is True
+    assert p["config_source"] == "/boot/config-6.12.117+deb12-cloud-amd64"
+    f = p["config"]["flags"]
+    assert f["NET_DEVMEM"] == "y" and f["UDMABUF"] == "y" and f["IO_URING_ZCRX"] is None and f["MODULES"] == "y"
+    assert p["udmabuf_dev"] is True and p["modules"]["proc_modules"] is True
+    assert p["netdev_genl"]["reachable"] is None                   # busybox timeout: can't execute 'genl'
+    assert p["cpu"]["model"].startswith("QEMU TCG") and p["cpu"]["hypervisor"] is True
+    assert p["cpu"]["tsc_khz"] is None and p["cpu"]["tsc_source"] == "unknown"
+    n = p["nics"]["data0"]
+    assert n["driver"] == "virtio_net" and n["rx_queues"] == 1 and n["tcp_data_split"] == "n/a"
+    assert p["nics"]["nosuch0"] == {"present": False}
+    caps = pr.capabilities(p, "data0")
+    assert caps["udmabuf"] is True and caps["net_devmem"] is True and caps["modules"] is True
+    assert caps["io_uring_zcrx"] is False and caps["x86_tsc"] is False
+    assert caps["header_split"] is False and caps["multiqueue"] is False
+    w = pr.hygiene_warnings(pr.env_from_probe(p))
+    assert any("not invariant" in x for x in w) and any("hypervisor" in x for x in w)
+
+
+def test_captured_this_machine():
+    """This project machine: 6.18 firecracker guest, /proc/config.gz, genl present, no modules."""
+    p = _captured("local.probe.txt", ["eth0", "lo"])
+    assert p["config_source"] == "/proc/config.gz"
+    assert p["config_hash"] == pp.parse_config(sample("local.config.txt"))["hash"]
+    assert p["netdev_genl"]["reachable"] is True and "bind-rx" in p["netdev_genl"]["ops"]
+    assert p["cpu"]["tsc_source"] == "bogomips" and p["cpu"]["smt"] is False and p["cpu"]["governor"] == "none"
+    assert p["nics"]["eth0"]["driver"] == "virtio_net" and p["nics"]["lo"]["driver"] is None
+    caps = pr.capabilities(p, "eth0")
+    assert caps["net_devmem"] is True and caps["io_uring_zcrx"] is True
+    assert caps["modules"] is False and caps["modules_reason"] == "CONFIG_MODULES not set"
+    assert caps["udmabuf"] is False and caps["page_pool_stats"] is False

@@ -354,9 +354,9 @@ def capabilities(probe: dict[str, Any], nic: Any) -> dict[str, bool | str | None
     - udmabuf: /dev/udmabuf exists (a dma-buf source for devmem and zcrx);
     - dma_heap: /dev/dma_heap exists;
     - netdev_genl: `genl` found the netdev generic netlink family;
-    - net_devmem: CONFIG_NET_DEVMEM, and BIND_RX in the netdev family when genl could list it;
+    - net_devmem: bind-rx in the netdev family's ops when genl could list them, else CONFIG_NET_DEVMEM;
     - io_uring_zcrx: CONFIG_IO_URING + CONFIG_IO_URING_ZCRX, io_uring_disabled = 0;
-    - page_pool_stats: CONFIG_PAGE_POOL_STATS (or page-pool-stats-get in the family);
+    - page_pool_stats: page-pool-stats-get in the family's ops, else CONFIG_PAGE_POOL_STATS;
     - x86_tsc: x86 with constant_tsc and nonstop_tsc (page_pool "cycles(tsc)" are comparable);
     - nic: the interface exists; ethtool: ethtool installed and answering;
     - header_split: ethtool -g reports "TCP data split" as on/off/auto (the driver knows it;
@@ -428,25 +428,23 @@ def capabilities(probe: dict[str, Any], nic: Any) -> dict[str, bool | str | None
     put("netdev_genl", reach, "kernel has no netdev netlink family" if reach is False
         else "genl (iproute2) not available to check")
     ops = genl.get("ops") if reach else None
-    ok, why = cfg_missing("NET_DEVMEM")
-    if ops is not None and "bind-rx" not in ops:
-        put("net_devmem", False, "netdev netlink has no bind-rx")
+    # The running kernel's netdev ops outrank a config file (which may be stale).
+    if ops is not None:
+        put("net_devmem", "bind-rx" in ops, "netdev netlink has no bind-rx")
     elif reach is False:
         put("net_devmem", False, "kernel has no netdev netlink family")
-    elif ok is None and ops is not None:
-        put("net_devmem", True)      # bind-rx listed: the kernel has devmem RX
     else:
-        put("net_devmem", ok, why)
+        put("net_devmem", *cfg_missing("NET_DEVMEM"))
     ok, why = cfg_missing("IO_URING", "IO_URING_ZCRX")
     dis = probe.get("io_uring_disabled")
     if ok and dis:
         put("io_uring_zcrx", False, f"kernel.io_uring_disabled = {dis}")
     else:
         put("io_uring_zcrx", ok, why)
-    ok, why = cfg_missing("PAGE_POOL_STATS")
-    if ok is None and ops is not None:
-        ok, why = ("page-pool-stats-get" in ops), "netdev netlink has no page-pool-stats-get"
-    put("page_pool_stats", ok, why)
+    if ops is not None:
+        put("page_pool_stats", "page-pool-stats-get" in ops, "netdev netlink has no page-pool-stats-get")
+    else:
+        put("page_pool_stats", *cfg_missing("PAGE_POOL_STATS"))
 
     cpu = probe.get("cpu") or {}
     ct, ns = cpu.get("constant_tsc"), cpu.get("nonstop_tsc")

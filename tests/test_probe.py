@@ -462,6 +462,13 @@ def test_capabilities_genl_overrules_config():
     genl = sample("local.genl_netdev.txt").replace("#6:  ID-0xd", "#6:  ID-0x63")
     caps = pr.capabilities(fake_probe("mlx5", genl=genl), "p0")
     assert caps["net_devmem"] is False and caps["net_devmem_reason"] == "netdev netlink has no bind-rx"
+    # DEBUG_CONFIG says PAGE_POOL_STATS=y, the running kernel's family has no stats op
+    assert caps["page_pool_stats"] is False and "page-pool-stats-get" in caps["page_pool_stats_reason"]
+    # a stale config without NET_DEVMEM, a running kernel with bind-rx
+    stale = DEBUG_CONFIG.replace("CONFIG_NET_DEVMEM=y\n", "")
+    caps = pr.capabilities(fake_probe("mlx5", config=stale, genl=sample("local.genl_netdev.txt")), "p0")
+    assert caps["net_devmem"] is True
+    assert pr.capabilities(fake_probe("mlx5", config=stale), "p0")["net_devmem"] is False   # no genl: config
     nofam = "RTNETLINK answers: No such file or directory\nError talking to the kernel"
     p = fake_probe("mlx5")
     p["netdev_genl"] = pp.parse_genl_family(nofam, 255)

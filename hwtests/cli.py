@@ -21,6 +21,8 @@ COMMAND_MODULES = (
     "hwtests.runner",
     "hwtests.abrun",
     "hwtests.report",
+    "hwtests.compare",
+    "hwtests.history",
 )
 
 EPILOG = """exit codes: 0 ok; 1 a test failed or a regression was found; 2 bad input;

@@ -6,8 +6,9 @@ in the page; point clouds inside them are rasterized (a PNG inside the SVG) so a
 figure stays small whatever the number of samples, while axes and text stay
 vector.
 
-Scale: everything is aggregated with pandas/numpy from one `store.samples()`
-frame; a figure draws at most `MAX_POINTS` points per build (evenly spaced order
+Scale: everything is aggregated with pandas/numpy from one frame of samples,
+loaded once (label by label, strings made categorical) and handed to the gate
+through a caching wrapper so it is not read twice; a figure draws at most `MAX_POINTS` points per build (evenly spaced order
 statistics of the build's samples, min and max included, so the shape and the
 outliers survive and the output is deterministic). The raw samples are embedded
 as a CSV download (a percent-encoded `data:` URI, no JavaScript) up to
@@ -119,6 +120,63 @@ def _normalize(df):
         if not isinstance(df[c].dtype, pd.CategoricalDtype):   # factorize strings once, group fast
             df[c] = df[c].astype("category")
     return df
+
+
+def _load(store, labels):
+    """`store.samples()` of `labels`, one label at a time, strings made categorical as each arrives.
+
+    The store returns one Python string object per row and column; converting each
+    label's frame before asking for the next keeps the peak near one label's worth.
+    """
+    import pandas as pd
+
+    frames = [_normalize(store.samples(labels=[lb])) for lb in labels]
+    if not frames:
+        return _normalize(store.samples(labels=[]))
+    if len(frames) == 1:
+        return frames[0]
+    cats = {c: pd.api.types.union_categoricals([f[c] for f in frames]).categories
+            for c in ("label", "pair", "test", "metric", "unit", "better", "host", "boot_id")}
+    for f in frames:
+        for c, cat in cats.items():
+            f[c] = f[c].cat.set_categories(cat)
+    return pd.concat(frames, ignore_index=True)
+
+
+class _CachedStore:
+    """The store, but `samples()` of the report's builds answered from the frame already loaded.
+
+    Handed to `compare.compare_labels` so the gate does not read a million rows a
+    second time. Other calls go to the real store.
+    """
+
+    def __init__(self, store, df, labels):
+        self._store, self._df, self._labels = store, df, set(labels)
+
+    def __getattr__(self, name):
+        return getattr(self._store, name)
+
+    def samples(self, labels=None, test_glob=None, metric=None, pair=None):
+        import fnmatch
+
+        want = [labels] if isinstance(labels, str) else (list(labels) if labels is not None else None)
+        if want is None or not set(want) <= self._labels:
+            return self._store.samples(labels=labels, test_glob=test_glob, metric=metric, pair=pair)
+        df = self._df
+        mask = df["label"].isin(want)
+        if metric is not None:
+            mask &= df["metric"] == metric
+        if pair is not None:
+            mask &= df["pair"] == pair
+        out = df[mask]
+        if test_glob is not None:
+            tests = [t for t in out["test"].cat.categories if fnmatch.fnmatchcase(t, test_glob)]
+            out = out[out["test"].isin(tests)]
+        out = out.copy()
+        for c in out.columns:      # plain object columns, as the store returns them
+            if isinstance(out[c].dtype, __import__("pandas").CategoricalDtype):
+                out[c] = out[c].astype(object)
+        return out.reset_index(drop=True)
 
 
 def _get(obj, name, default=None):
@@ -237,15 +295,26 @@ VERDICT_LABEL = {"regression": "REGRESSION", "improvement": "improvement", "inco
 # -- statistics for display -----------------------------------------------------------------
 
 def median_ci(sorted_vals, conf: float = 0.95) -> tuple[float, float] | None:
-    """Distribution-free CI of the median from order statistics (binomial); None if n < 6."""
+    """Distribution-free CI of the median from order statistics (binomial); None if n < 6.
+
+    The lower bound is the j-th smallest value with P(Binom(n, 1/2) < j) <= (1-conf)/2,
+    exact up to n = 1000 and by the normal approximation above.
+    """
     n = len(sorted_vals)
     if n < 6:
         return None
-    from scipy.stats import binom
-
     a = (1 - conf) / 2
-    j = int(binom.ppf(a, n, 0.5))          # 1-based lower order statistic index ~ j
-    j = max(j, 1)
+    if n <= 1000:
+        cdf, j = 0.0, 0
+        while True:                      # smallest j with P(X <= j) > a; the bound is value j (1-based)
+            p = math.comb(n, j) / 2.0 ** n
+            if cdf + p > a:
+                break
+            cdf += p
+            j += 1
+        j = max(j, 1)
+    else:
+        j = max(1, int(math.floor(n / 2 - 1.959964 * math.sqrt(n) / 2)) + 1)
     k = n - j + 1
     return float(sorted_vals[j - 1]), float(sorted_vals[k - 1])
 
@@ -583,6 +652,7 @@ class Ctx:
     runs: list[dict] = field(default_factory=list)
     csv: dict = field(default_factory=dict)
     run_groups: list[dict] = field(default_factory=list)
+    pairs_in_summary: bool = False
     problems: list[str] = field(default_factory=list)
     colors: dict = field(default_factory=dict)
     n_samples: int = 0
@@ -591,11 +661,11 @@ class Ctx:
 
 def write_report(store, out_path, builds: list[str] | None = None, baseline: str | None = None,
                  title: str | None = None, note: str | None = None, csv_path: Path | None = None,
-                 db: str | None = None) -> Path:
+                 db: str | None = None, thresholds: dict | None = None) -> Path:
     """Render the report of `builds` (default: every label) to `out_path`; return the path."""
     out_path = Path(out_path)
     ctx = build_context(store, builds=builds, baseline=baseline, title=title, note=note, db=db,
-                        csv_path=csv_path)
+                        csv_path=csv_path, thresholds=thresholds)
     html = render(ctx)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(out_path.name + ".tmp")
@@ -604,7 +674,8 @@ def write_report(store, out_path, builds: list[str] | None = None, baseline: str
     return out_path
 
 
-def build_context(store, builds=None, baseline=None, title=None, note=None, db=None, csv_path=None) -> Ctx:
+def build_context(store, builds=None, baseline=None, title=None, note=None, db=None, csv_path=None,
+                  thresholds=None) -> Ctx:
     import numpy as np
     import pandas as pd
 
@@ -638,7 +709,8 @@ def build_context(store, builds=None, baseline=None, title=None, note=None, db=N
         (["--builds", ",".join(builds)] if builds else []) + (["--baseline", baseline] if baseline else [])
     ctx.command = shlex.join(cmd)
 
-    df = _normalize(store.samples(labels=builds) if builds else store.samples())
+    df = _load(store, builds)
+    gate_store = _CachedStore(store, df, builds)
     ctx.n_samples = int(len(df))
     runs = list(store.runs(labels=builds)) if builds else list(store.runs())
     run_info = {_get(r, "id"): r for r in runs}
@@ -694,7 +766,7 @@ def build_context(store, builds=None, baseline=None, title=None, note=None, db=N
     painter.start()
 
     # -- comparisons from the gate
-    comps: dict[tuple[str, str, str], Any] = {}
+    comps: dict[tuple[str, str, str], list] = {}
     if baseline and candidates:
         try:
             from . import compare
@@ -704,11 +776,11 @@ def build_context(store, builds=None, baseline=None, title=None, note=None, db=N
         if compare is not None:
             for c in candidates:
                 try:
-                    for cmp in compare.compare_labels(store, baseline, c):
-                        comps[(cmp.test, cmp.metric, c)] = cmp
+                    for cmp in compare.compare_labels(gate_store, baseline, c, thresholds=thresholds):
+                        comps.setdefault((cmp.test, cmp.metric, c), []).append(cmp)
                 except Exception as exc:  # the report still shows numbers without verdicts
                     ctx.problems.append(f"{baseline} vs {c}: no verdicts: {exc}")
-    ctx.gate = _gate_params()
+    ctx.gate = _gate_params(thresholds)
 
     # -- summary rows
     def st(t, m, b):
@@ -724,33 +796,39 @@ def build_context(store, builds=None, baseline=None, title=None, note=None, db=N
         base_st = st(t, m, baseline) if baseline else None
         for c in (candidates or builds):
             cst = st(t, m, c)
-            cmp = comps.get((t, m, c))
-            row = {"test": t, "anchor": _anchor(t), "metric": m, "unit": unit or "", "better": better or "", "build": c,
-                   "base": base_st, "cand": cst}
-            if cmp is not None:
+            base_row = {"test": t, "anchor": _anchor(t), "metric": m, "unit": unit or "", "better": better or "",
+                        "build": c, "pair": None, "base": base_st, "cand": cst, "note": "", "threshold": ""}
+            for cmp in comps.get((t, m, c), []):
+                row = dict(base_row, pair=getattr(cmp, "pair", None))
                 row.update(verdict=_verdict_class(cmp.verdict), verdict_raw=str(cmp.verdict),
                            change=_num(cmp.change_pct), shift=_num(cmp.shift), p=_num(cmp.p_value),
-                           more_runs=cmp.more_runs, env_diff=cmp.env_diff,
-                           n_base=cmp.n_base, n_cand=cmp.n_cand)
-                # the gate's own medians are authoritative for the table
-                if row["base"] is not None:
-                    row["base"] = dict(row["base"], median=_num(cmp.median_base), iqr=_num(cmp.iqr_base),
-                                       n=cmp.n_base)
-                if row["cand"] is not None:
-                    row["cand"] = dict(row["cand"], median=_num(cmp.median_cand), iqr=_num(cmp.iqr_cand),
-                                       n=cmp.n_cand)
-            else:
-                change = None
-                if base_st and cst and base_st["median"]:
-                    change = (cst["median"] - base_st["median"]) / abs(base_st["median"]) * 100
-                row.update(verdict="none" if baseline else "none", verdict_raw="", change=change, shift=None,
-                           p=None, more_runs=None, env_diff=None)
+                           more_runs=cmp.more_runs, env_diff=cmp.env_diff, note=getattr(cmp, "note", "") or "",
+                           threshold=_describe_threshold(getattr(cmp, "threshold", None)))
+                # the gate's own numbers (per pair) are authoritative for the table
+                row["base"] = {"median": _num(cmp.median_base), "iqr": _num(cmp.iqr_base), "n": cmp.n_base} \
+                    if cmp.n_base else None
+                row["cand"] = {"median": _num(cmp.median_cand), "iqr": _num(cmp.iqr_cand), "n": cmp.n_cand} \
+                    if cmp.n_cand else None
+                row["severity"] = _severity(row)
+                rows.append(row)
+            if (t, m, c) in comps:
+                continue
+            row = dict(base_row)
+            change = None
+            if base_st and cst and base_st["median"]:
+                change = (cst["median"] - base_st["median"]) / abs(base_st["median"]) * 100
+            row.update(verdict="none", verdict_raw="", change=change, shift=None, p=None, more_runs=None,
+                       env_diff=None)
             row["severity"] = _severity(row)
             rows.append(row)
+    ctx.pairs_in_summary = len({r["pair"] for r in rows if r["pair"]}) > 1
     def order(r):
         v = VERDICT_ORDER.get(r["verdict"], 9)
-        sev = -r["severity"] if r["verdict"] in ("regression", "improvement") else 0.0
-        return (v, sev, r["test"], METRIC_ORDER.get(r["metric"], 99), r["metric"], builds.index(r["build"]))
+        sev = -round(r["severity"], 1) if r["verdict"] in ("regression", "improvement") else 0.0
+        if r["verdict"] == "none" and r["change"] is not None:   # no gate: worst change first
+            sev = -(r["change"] if r["better"] != "higher" else -r["change"])
+        return (v, sev, r["test"], METRIC_ORDER.get(r["metric"], 99), r["metric"], builds.index(r["build"]),
+                str(r["pair"] or ""))
     rows.sort(key=order)
     ctx.summary = rows
     cnt: dict[str, int] = {}
@@ -852,38 +930,37 @@ def _emulation(runs) -> str | None:
     return None
 
 
-def _gate_params() -> dict:
-    """The gate's parameters as a list of (name, value) for the page, from `hwtests.gate`."""
+def _gate_params(thresholds=None) -> dict:
+    """The gate's rule and per-metric parameters, as `hwtests.gate` states them."""
     try:
         from . import gate
     except ImportError:
         return {"items": [], "doc": "hwtests.gate is not available: no verdicts."}
-    items = []
-    for name in ("DEFAULT_THRESHOLDS", "DEFAULTS", "THRESHOLDS", "GATES", "DEFAULT_GATES"):
-        obj = getattr(gate, name, None)
-        if isinstance(obj, dict):
-            for k, v in obj.items():
-                items.append((str(k), _describe(v)))
-            break
-    for name in ("ALPHA", "P_FAIL", "P_PASS", "MAX_RUNS", "ALPHA_EXTENDED"):
-        if hasattr(gate, name) and not isinstance(getattr(gate, name), dict):
-            items.append((name.lower(), str(getattr(gate, name))))
     doc = (gate.__doc__ or "").strip().split("\n\n")[0]
-    describe = getattr(gate, "describe", None)
-    if callable(describe):
-        try:
-            doc = str(describe())
-        except Exception:  # noqa: BLE001 - description only
-            pass
+    items = []
+    try:
+        th = gate.build_thresholds(thresholds, ()) if hasattr(gate, "build_thresholds") else gate.DEFAULT_THRESHOLDS
+    except Exception:  # noqa: BLE001 - description only
+        th = getattr(gate, "DEFAULT_THRESHOLDS", {})
+    for m, t in sorted(th.items(), key=lambda kv: METRIC_ORDER.get(kv[0], 99)):
+        items.append((m, _describe_threshold(t)))
+    if hasattr(gate, "GENERIC_THRESHOLD"):
+        items.append(("other", _describe_threshold(gate.GENERIC_THRESHOLD)))
+    if hasattr(gate, "MIN_RUNS") and hasattr(gate, "MAX_RUNS"):
+        items.append(("runs", f"at least {gate.MIN_RUNS} per side to test; more-runs estimates capped at "
+                              f"{gate.MAX_RUNS} per side"))
     return {"items": items, "doc": " ".join(doc.split())}
 
 
-def _describe(v) -> str:
-    if isinstance(v, dict):
-        return ", ".join(f"{k}={v2}" for k, v2 in v.items())
-    if hasattr(v, "__dataclass_fields__"):
-        return ", ".join(f"{k}={getattr(v, k)}" for k in v.__dataclass_fields__)
-    return str(v)
+def _describe_threshold(t) -> str:
+    if t is None:
+        return ""
+    d = getattr(t, "describe", None)
+    if callable(d):
+        return str(d())
+    if isinstance(t, dict):
+        return ", ".join(f"{k}={v}" for k, v in t.items())
+    return str(t)
 
 
 def _history(store, df, runs, builds) -> dict:
@@ -905,7 +982,7 @@ def _history(store, df, runs, builds) -> dict:
     frames = [df[["run_id", "test", "metric", "unit", "better", "value"]]]
     if extra:
         try:
-            frames.append(_normalize(store.samples(labels=extra))[["run_id", "test", "metric", "unit", "better", "value"]])
+            frames.append(_load(store, extra)[["run_id", "test", "metric", "unit", "better", "value"]])
         except Exception:  # noqa: BLE001 - history is optional
             pass
     keep = {rid for rid, _ in recent}

@@ -1,0 +1,233 @@
+"""The HTML report, rendered from a real SQLite store filled through the store API.
+
+The browser tier loads the page from file:// in headless Chromium (DevTools over a
+pipe), fails on any failed request, console error or exception, and saves a
+full-page screenshot. Without Chromium it skips locally and fails in CI (CI=true).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import urllib.parse
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hwtests import report
+from hwtests.report import fmt_p, fmt_pct, fmt_value, median_ci, thin_sorted, write_report
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+REGRESSED = "pagepool/no-softirq-page_pool01"
+STABLE = ("pagepool/no-softirq-page_pool02", "pagepool/tasklet_page_pool01_fast_path")
+
+
+def _host(role: str, name: str, kernel: str, cfg: str, boot: str, governor: str = "performance"):
+    from hwtests.store import HostInfo
+
+    return HostInfo(role=role, name=name, kernel_release=kernel, proc_version=f"Linux version {kernel} (gcc 12.2.0)",
+                    config_hash=cfg, cmdline=f"BOOT_IMAGE=/boot/vmlinuz-{kernel} root=/dev/vda ro console=ttyS0",
+                    boot_id=boot, nic_driver="virtio_net", nic_firmware="",
+                    env={"cpu_model": "QEMU TCG CPU version 2.5+", "hypervisor": True, "governor": governor,
+                         "vulnerabilities": {"spectre_v2": "Mitigation: Retpolines", "meltdown": "Not affected"},
+                         "debug_heavy": [], "smt": False})
+
+
+def fill(store, runs: int = 10, reps: int = 10, seed: int = 7) -> None:
+    """Two builds, interleaved runs; `patched` is +1 cycle on REGRESSED, equal elsewhere."""
+    from hwtests.store import Run, Sample
+
+    rng = np.random.default_rng(seed)
+    for r in range(runs):
+        for label, kernel, cfg, delta in (("base", "6.12.0-1-amd64", "cfg-aaaa", 0.0),
+                                          ("patched", "6.12.0-1-amd64+pp", "cfg-bbbb", 1.0)):
+            boot = f"{label}-boot-{r}"
+            run = Run(label=label, pair="vm-pair", controller="ctl", inventory_hash="inv0123456789abcdef",
+                      source="measured", hosts=[_host("rx", "vm1", kernel, cfg, boot),
+                                                _host("tx", "vm2", kernel, cfg, boot + "t",
+                                                      "schedutil" if label == "patched" else "performance")],
+                      artifacts={"page_pool_bench.ko": f"sha256-{label}", "receiver": "sha256-recv"})
+            rid = store.begin_run(run)
+            samples = []
+            for test in (REGRESSED, *STABLE):
+                d = delta if test == REGRESSED else 0.0
+                cyc = 8.0 + d + rng.normal(0, 0.2, reps)
+                for i, c in enumerate(cyc):
+                    samples.append(Sample(test=test, metric="cycles", value=float(c), unit="cycles", better="lower",
+                                          repetition=i, boot_id=boot, host="vm1"))
+                    samples.append(Sample(test=test, metric="ns", value=float(c / 2.9), unit="ns", better="lower",
+                                          repetition=i, boot_id=boot, host="vm1"))
+            for i, g in enumerate(9.40 + rng.normal(0, 0.02, 3)):
+                samples.append(Sample(test="linerate/devmem", metric="gbps", value=float(g), unit="Gbit/s",
+                                      better="higher", repetition=i, boot_id=boot, host="vm1"))
+            store.add_samples(rid, samples)
+            store.add_outcome(rid, REGRESSED, "passed")
+            store.add_outcome(rid, "linerate/zcrx", "skipped", "missing capability: io_uring_zcrx")
+            store.finish_run(rid)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    from hwtests.store import Store
+
+    db = tmp_path_factory.mktemp("store") / "results.db"
+    s = Store.open(str(db))
+    fill(s)
+    s.db_path = db
+    return s
+
+
+@pytest.fixture(scope="module")
+def page(store, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("report") / "report.html"
+    path = write_report(store, out, builds=["base", "patched"], baseline="base", title="base vs patched")
+    assert path == out and out.is_file()
+    return out
+
+
+def _summary_rows(html: str) -> list[str]:
+    table = re.search(r'<table class="summary">.*?<tbody>(.*?)</tbody>', html, re.S)
+    assert table, "no summary table"
+    return re.findall(r"<tr\b.*?</tr>", table.group(1), re.S)
+
+
+def test_regression_is_first_row_of_summary(page):
+    rows = _summary_rows(page.read_text())
+    assert rows, "empty summary"
+    first = rows[0]
+    assert "REGRESSION" in first and REGRESSED in first and ">cycles<" in first.replace(" <span", "<")
+    # every regression comes before anything else; stable tests are not regressions
+    verdicts = [re.search(r'class="v v-(\w+)"', r).group(1) for r in rows]
+    assert verdicts[: verdicts.count("regression")] == ["regression"] * verdicts.count("regression")
+    for r in rows:
+        if any(t in r for t in STABLE):
+            assert "v-regression" not in r
+
+
+def test_summary_numbers_and_precision(page):
+    html = page.read_text()
+    first = _summary_rows(html)[0]
+    nums = re.findall(r'<td class="num[^"]*">([^<]*)</td>', first)
+    med_base, med_cand = float(nums[0]), float(nums[3])
+    assert 7.7 < med_base < 8.3 and 8.7 < med_cand < 9.3
+    assert re.fullmatch(r"\d+\.\d\d", nums[0]), "cycles with 2 decimals"
+    assert "+1" in first and "%" in first
+
+
+def test_page_is_self_contained(page):
+    html = page.read_text()
+    # nothing is fetched: no script, no stylesheet link, no external src/href/url()/@import
+    assert "<script" not in html.lower()
+    assert not re.search(r"<link\b", html, re.I)
+    assert not re.search(r"""(?:src|href|xlink:href)\s*=\s*["']?\s*(?:https?:)?//""", html, re.I)
+    assert not re.search(r"""url\(\s*["']?\s*(?:https?:)?//""", html, re.I)
+    assert not re.search(r"@import", html, re.I)
+    # and in this fixture not even a namespace URI remains
+    assert "http://" not in html and "https://" not in html
+    # figures are inline SVG
+    assert html.count("<svg ") >= 4
+
+
+def test_emulation_banner_and_environment_diff(page):
+    html = page.read_text()
+    assert "QEMU TCG" in html and 'class="banner emulated"' in html
+    env = html[html.index('id="env"'):html.index('id="outcomes"')]
+    diff_rows = re.findall(r'<tr class="diff">(.*?)</tr>', env, re.S)
+    keys = [re.search(r'class="k fact">([^<]*)<', r).group(1) for r in diff_rows]
+    assert "kernel_release" in keys and "config_hash" in keys and "governor" in keys
+    assert "page_pool_bench.ko" in keys and "receiver" not in keys
+    assert "cfg-aaaa" in env and "cfg-bbbb" in env
+
+
+def test_skipped_tests_runs_and_inventory(page):
+    html = page.read_text()
+    out = html[html.index('id="outcomes"'):html.index('id="runs"')]
+    assert "linerate/zcrx" in out and "missing capability: io_uring_zcrx" in out and ">skipped<" in out
+    runs = html[html.index('id="runs"'):html.index('id="data"')]
+    assert "vm-pair" in runs and "inv012345678" in runs
+
+
+def test_history_figure_when_enough_runs(page):
+    html = page.read_text()
+    assert "median per run" in html
+
+
+def test_embedded_csv_decodes_to_every_sample(page, store):
+    html = page.read_text()
+    m = re.search(r'<a class="btn" download="hwtests-samples.csv" href="data:text/csv;charset=utf-8,([^"]*)"', html)
+    assert m, "raw CSV link missing"
+    text = urllib.parse.unquote(m.group(1).replace("&amp;", "&"))
+    lines = text.strip("\n").split("\n")
+    assert lines[0].startswith("label,pair,run_id,test,metric")
+    assert len(lines) - 1 == len(store.samples(labels=["base", "patched"]))
+
+
+def test_csv_cap_names_the_export_command(store, tmp_path, monkeypatch):
+    monkeypatch.setattr(report, "CSV_MAX_BYTES", 10_000)
+    out = write_report(store, tmp_path / "capped.html", builds=["base", "patched"], baseline="base")
+    html = out.read_text()
+    assert 'download="hwtests-samples.csv"' not in html
+    assert 'download="hwtests-runs.csv"' in html
+    assert "--csv samples.csv" in html
+
+
+def test_cli_writes_report_and_rejects_unknown_build(store, tmp_path):
+    exe = Path(sys.executable).with_name("hwtests")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "hwtests.cli"]
+    out = tmp_path / "cli.html"
+    csv = tmp_path / "all.csv"
+    p = subprocess.run(cmd + ["report", "--db", str(store.db_path), "--builds", "base,patched", "--out", str(out),
+                              "--csv", str(csv)], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert out.is_file() and "REGRESSION" in out.read_text()
+    assert csv.read_text().count("\n") == len(store.samples(labels=["base", "patched"])) + 1
+    p = subprocess.run(cmd + ["report", "--db", str(store.db_path), "--builds", "base,nosuch", "--out",
+                              str(tmp_path / "x.html")], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2
+    assert "nosuch" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+
+
+def test_formatting():
+    assert fmt_value(8.123456, "cycles") == "8.12"
+    assert fmt_value(9.4149, "gbps") == "9.41"
+    assert fmt_p(0.01234) == "0.012" and fmt_p(0.0001234) == "1.2e-4" and fmt_p(0.5) == "0.50"
+    assert fmt_pct(11.2345) == "+11.23%" and fmt_pct(None) == "–"
+
+
+def test_median_ci_and_thinning():
+    v = np.sort(np.random.default_rng(1).normal(8, 0.3, 101))
+    lo, hi = median_ci(v)
+    assert lo < np.median(v) < hi and hi - lo < 0.3
+    assert median_ci(v[:5]) is None
+    big = np.sort(np.random.default_rng(2).normal(8, 0.3, 50_000))
+    t = thin_sorted(big, 2000)
+    assert len(t) <= 2000 and t[0] == big[0] and t[-1] == big[-1]
+    assert np.array_equal(t, thin_sorted(big, 2000))          # deterministic
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("width", [1200, 760])
+def test_page_in_headless_chromium(page, tmp_path, width):
+    from hwtests import browser
+
+    if browser.find_chromium() is None:
+        msg = "headless Chromium not installed (Debian package: chromium)"
+        if IN_CI:
+            pytest.fail(f"required in CI: {msg}", pytrace=False)
+        pytest.skip(msg)
+    shot_dir = Path(os.environ.get("HWTESTS_SCREENSHOT_DIR") or tmp_path)
+    shot = shot_dir / f"report-{width}.png"
+    res = browser.check_page(page, screenshot=shot, width=width)
+    assert res.problems == [], "\n".join(res.problems + [res.stderr[-2000:]])
+    schemes = {urllib.parse.urlsplit(u).scheme for u in res.requests}
+    assert schemes <= {"file", "data", "about"}, res.requests
+    assert res.title.startswith("base vs patched")
+    assert res.scroll_width <= width, "the page scrolls sideways"
+    png = shot.read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
+    # the regression banner text is in the rendered DOM, above the fold
+    assert res.height > 900

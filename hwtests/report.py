@@ -653,6 +653,7 @@ class Ctx:
     csv: dict = field(default_factory=dict)
     run_groups: list[dict] = field(default_factory=list)
     pairs_in_summary: bool = False
+    gate_env_diff: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     colors: dict = field(default_factory=dict)
     n_samples: int = 0
@@ -822,6 +823,12 @@ def build_context(store, builds=None, baseline=None, title=None, note=None, db=N
             row["severity"] = _severity(row)
             rows.append(row)
     ctx.pairs_in_summary = len({r["pair"] for r in rows if r["pair"]}) > 1
+    seen_diff: dict[str, None] = {}
+    for r in rows:
+        d = r.get("env_diff") or []
+        for item in ([d] if isinstance(d, str) else d):
+            seen_diff.setdefault(str(item), None)
+    ctx.gate_env_diff = list(seen_diff)[:12] + ([f"(+{len(seen_diff) - 12} more)"] if len(seen_diff) > 12 else [])
     def order(r):
         v = VERDICT_ORDER.get(r["verdict"], 9)
         sev = -round(r["severity"], 1) if r["verdict"] in ("regression", "improvement") else 0.0

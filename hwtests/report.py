@@ -38,7 +38,7 @@ from .errors import InputError
 
 MAX_POINTS = 2000          # plotted points per build and metric
 CSV_MAX_BYTES = 16 << 20   # raw samples CSV embedded in the page up to this size (~120k rows)
-PARALLEL_MIN_SAMPLES = 200_000   # from this many samples figures are drawn in worker processes
+PARALLEL_MIN_FIGURES = 4    # from this many figures they are drawn in worker processes
 FIGURE_WORKERS = 2
 HISTORY_MIN_RUNS = 5       # runs of a test on a pair before a history figure is drawn
 HISTORY_MAX_RUNS = 200     # most recent runs considered for history figures
@@ -444,85 +444,132 @@ def _draw(job: tuple[str, tuple]) -> str:
 
 
 class _Painter:
-    """Draws figure jobs, in `FIGURE_WORKERS` child processes when there are many samples.
+    """Draws figure jobs, in two child processes when a CPU is idle (else here, one by one).
 
-    The children are plain `python -c` processes fed pickled jobs on stdin (no
-    multiprocessing: its spawn mode re-imports the caller's __main__). They start
-    drawing while this process runs the gate, and they hold only the thinned points.
+    The children are plain `python -c` processes (no multiprocessing: its spawn mode
+    re-imports the caller's __main__). They are started first, so their imports
+    (matplotlib; the change-point library for the history worker) overlap loading
+    the samples; they get pickled jobs holding only the thinned points on stdin,
+    draw while this process runs the gate, and answer pickled SVGs on stdout.
+    Anything a child could not draw is drawn here.
     """
+
+    ROLES = ("samples", "history")
 
     def __init__(self, parallel: bool):
         self.jobs: list[tuple[str, tuple]] = []
         self.procs: list = []
-        self.parallel = parallel and FIGURE_WORKERS > 1 and (os.cpu_count() or 1) > 1
+        if parallel and FIGURE_WORKERS > 1 and _spare_cpus() >= 1.0:
+            self._spawn()
+
+    def _spawn(self) -> None:
+        import subprocess
+
+        pkg_root = str(Path(__file__).resolve().parent.parent)
+        env = dict(os.environ, MPLBACKEND="Agg",
+                   PYTHONPATH=pkg_root + (os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else ""))
+        try:
+            for role in self.ROLES:
+                p = subprocess.Popen([sys.executable, "-c", f"import hwtests.report as r; r._worker_main({role!r})"],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                     env=env)
+                self.procs.append({"p": p, "idx": [], "box": {}, "threads": []})
+        except OSError:
+            self.abort()
 
     def add(self, name: str, args: tuple) -> None:
         self.jobs.append((name, args))
 
     def start(self) -> None:
-        if not self.parallel or len(self.jobs) < 2:
-            return
+        """Hand the jobs to the children (history jobs to the history worker, the rest to the other)."""
         import pickle
-        import subprocess
         import threading
 
-        pkg_root = str(Path(__file__).resolve().parent.parent)
-        env = dict(os.environ, MPLBACKEND="Agg",
-                   PYTHONPATH=pkg_root + (os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else ""))
-        n = min(FIGURE_WORKERS, len(self.jobs))
-        shares: list[list[int]] = [list(range(i, len(self.jobs), n)) for i in range(n)]
-        try:
-            for idx in shares:
-                p = subprocess.Popen([sys.executable, "-c", "import hwtests.report as r; r._worker_main()"],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-                payload = pickle.dumps([self.jobs[i] for i in idx], protocol=pickle.HIGHEST_PROTOCOL)
-                box: dict = {}
+        if not self.procs:
+            return
+        hist = [i for i, j in enumerate(self.jobs) if j[0] == "history_figure"]
+        rest = [i for i, j in enumerate(self.jobs) if j[0] != "history_figure"]
+        if not hist:                      # nothing for the history worker: share the rest
+            rest, hist = rest[0::2], rest[1::2]
+        for w, idx in zip(self.procs, (rest, hist)):
+            w["idx"] = idx
+            payload = pickle.dumps([self.jobs[i] for i in idx], protocol=pickle.HIGHEST_PROTOCOL)
 
-                def feed(p=p, payload=payload):
-                    try:
-                        p.stdin.write(payload)
-                        p.stdin.close()
-                    except OSError:
-                        pass
+            def feed(p=w["p"], payload=payload):
+                try:
+                    p.stdin.write(payload)
+                    p.stdin.close()
+                except OSError:
+                    pass
 
-                def drain(p=p, box=box):
-                    box["out"] = p.stdout.read()
-                    box["err"] = p.stderr.read()
+            def drain(p=w["p"], box=w["box"]):
+                box["out"] = p.stdout.read()
 
-                threads = [threading.Thread(target=feed, daemon=True), threading.Thread(target=drain, daemon=True)]
-                for t in threads:
-                    t.start()
-                self.procs.append((p, idx, box, threads))
-        except OSError:
-            self.procs = []
+            w["threads"] = [threading.Thread(target=feed, daemon=True), threading.Thread(target=drain, daemon=True)]
+            for t in w["threads"]:
+                t.start()
 
-    def finish(self) -> dict[tuple[str, str], str]:
+    def finish(self) -> dict[tuple[str, str], Any]:
         import pickle
 
-        out: dict[tuple[str, str], str] = {}
+        out: dict[tuple[str, str], Any] = {}
         done: set[int] = set()
-        for p, idx, box, threads in self.procs:
-            for t in threads:
+        for w in self.procs:
+            for t in w["threads"]:
                 t.join()
-            p.wait()
-            if p.returncode == 0:
+            w["p"].wait()
+            if w["p"].returncode == 0 and w["box"].get("out"):
                 try:
-                    svgs = pickle.loads(box["out"])
-                except Exception:  # noqa: BLE001 - redraw here
+                    res = pickle.loads(w["box"]["out"])
+                except Exception:  # noqa: BLE001 - redrawn below
                     continue
-                for i, svg in zip(idx, svgs):
-                    out[(self.jobs[i][0], self.jobs[i][1][0])] = svg
+                for i, fig in zip(w["idx"], res):
+                    out[(self.jobs[i][0], self.jobs[i][1][0])] = fig
                     done.add(i)
-        for i, job in enumerate(self.jobs):      # serial, or whatever a worker could not draw
+        self.procs = []
+        for i, job in enumerate(self.jobs):      # serial, or whatever a child could not draw
             if i not in done:
                 out[(job[0], job[1][0])] = _draw(job)
         return out
 
+    def abort(self) -> None:
+        """End the children (on an error before `finish`)."""
+        for w in self.procs:
+            p = w["p"]
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+            for f in (p.stdin, p.stdout):
+                try:
+                    f.close()
+                except (OSError, ValueError):
+                    pass
+        self.procs = []
 
-def _worker_main() -> None:
+
+def _spare_cpus() -> float:
+    """CPUs this process may use minus the 1-minute load: child processes only pay off on an idle core."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        n = os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        load = 0.0
+    return n - load
+
+
+def _worker_main(role: str = "samples") -> None:
     import pickle
 
     _mpl()
+    if role == "history":
+        try:
+            from . import history   # noqa: F401 - warm the change-point import while waiting for jobs
+            import ruptures  # noqa: F401
+        except ImportError:
+            pass
     jobs = pickle.load(sys.stdin.buffer)
     res = [_draw(j) for j in jobs]
     sys.stdout.buffer.write(pickle.dumps(res, protocol=pickle.HIGHEST_PROTOCOL))
@@ -536,7 +583,38 @@ def _fixed_layout(fig, width, height, left, right, top, bottom, wspace, ncol):
                         wspace=(wspace / (inner / ncol)) if ncol > 1 else 0.2)
 
 
-def history_figure(test: str, panels: list[dict], colors: dict[str, str]) -> str:
+def _change_points(panels: list[dict]) -> list[str]:
+    """Fill each series' "cps" from `hwtests.history.change_points`; return sentences for the page."""
+    notes: list[str] = []
+    try:
+        from .history import change_points
+    except ImportError:
+        change_points = None
+        notes.append("change-point detection unavailable (hwtests.history missing)")
+    for p in panels:
+        for s in p["series"]:
+            s["cps"] = []
+            if change_points is None:
+                continue
+            y, m = s["y"], s["metric"]
+            try:
+                found = change_points(list(map(float, y)), metric=m)
+            except TypeError:
+                found = change_points(list(map(float, y)))
+            except Exception as exc:  # noqa: BLE001 - history is optional
+                notes.append(f"change points of {m} on {s['pair']}: {exc}")
+                continue
+            for cp in found:
+                i = int(_get(cp, "index"))
+                ch = float(_get(cp, "change_pct"))
+                bad = (ch > 0) if s["better"] == "lower" else (ch < 0) if s["better"] == "higher" else True
+                label = s["labels"][i] if 0 <= i < len(s["labels"]) else ""
+                s["cps"].append({"index": i, "change_pct": ch, "bad": bad, "label": label})
+                notes.append(f"{s['pair']}, {m}: step {ch:+.2f}% from build {label}" + (" (worse)" if bad else " (better)"))
+    return notes
+
+
+def history_figure(test: str, panels: list[dict], colors: dict[str, str]) -> dict:
     """Per-run medians in run order (oldest first), one series per pair, change points marked.
 
     Runs are evenly spaced (an A/B session of hours and months of nightlies read the same);
@@ -545,6 +623,7 @@ def history_figure(test: str, panels: list[dict], colors: dict[str, str]) -> str
     import numpy as np
     from matplotlib.lines import Line2D
 
+    notes = _change_points(panels)
     plt = _mpl()
     ncol = len(panels)
     width = 11.0 if ncol > 1 else 8.0
@@ -599,7 +678,7 @@ def history_figure(test: str, panels: list[dict], colors: dict[str, str]) -> str
     if handles:
         fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), frameon=False, fontsize=7.5,
                    bbox_to_anchor=(0.5, 0.0))
-    return _svg(fig, f"h:{test}")
+    return {"svg": _svg(fig, f"h:{test}"), "notes": notes}
 
 
 def _midpoint(a, b):
@@ -709,14 +788,29 @@ def build_context(store, builds=None, baseline=None, title=None, note=None, db=N
     cmd = ["hwtests", "report"] + (["--db", db] if db else []) + \
         (["--builds", ",".join(builds)] if builds else []) + (["--baseline", baseline] if baseline else [])
     ctx.command = shlex.join(cmd)
+    painter = _Painter(parallel=True)     # started first: its imports overlap loading the samples
+    try:
+        return _fill(ctx, store, painter, note=note, csv_path=csv_path, thresholds=thresholds)
+    except BaseException:
+        painter.abort()
+        raise
 
+
+def _fill(ctx: Ctx, store, painter: "_Painter", note=None, csv_path=None, thresholds=None) -> Ctx:
+    import numpy as np
+    import pandas as pd
+
+    builds, baseline, candidates, colors = ctx.builds, ctx.baseline, ctx.candidates, ctx.colors
+    _phase("start")
     df = _load(store, builds)
+    _phase(f"load {len(df)} samples")
     gate_store = _CachedStore(store, df, builds)
     ctx.n_samples = int(len(df))
     runs = list(store.runs(labels=builds)) if builds else list(store.runs())
     run_info = {_get(r, "id"): r for r in runs}
 
     # -- banners: emulation / virtualization, caller's note
+    _phase("banners: emulation / virtualization, caller's note")
     emu = _emulation(runs)
     if emu:
         ctx.banners.append({"kind": "emulated", "text": emu})
@@ -724,6 +818,7 @@ def build_context(store, builds=None, baseline=None, title=None, note=None, db=N
         ctx.banners.append({"kind": "note", "text": note})
 
     # -- per-build statistics
+    _phase('per-build statistics')
     g = df.groupby(["test", "metric", "label"], sort=False, observed=True)["value"]
     stats = g.agg(["count", "median"])
     if len(df):
@@ -734,10 +829,10 @@ def build_context(store, builds=None, baseline=None, title=None, note=None, db=N
     units = df.groupby(["test", "metric"], sort=False, observed=True)[["unit", "better"]].first()
 
     # -- figures: drawn (in worker processes when large) while the gate runs below
+    _phase('figures: drawn (in worker processes when large) while the gate runs below')
     tm_keys = sorted({(t, m) for t, m in units.index},
                      key=lambda k: (k[0], METRIC_ORDER.get(k[1], 99), k[1]))
     hist = _history(store, df, runs, builds)
-    painter = _Painter(parallel=len(df) >= PARALLEL_MIN_SAMPLES)
     by_tm = {k: v for k, v in df.groupby(["test", "metric"], sort=False, observed=True)} if len(df) else {}
     for t in dict.fromkeys(t for t, _ in tm_keys):
         metrics = []
@@ -767,6 +862,7 @@ def build_context(store, builds=None, baseline=None, title=None, note=None, db=N
     painter.start()
 
     # -- comparisons from the gate
+    _phase('comparisons from the gate')
     comps: dict[tuple[str, str, str], list] = {}
     if baseline and candidates:
         try:
@@ -784,6 +880,7 @@ def build_context(store, builds=None, baseline=None, title=None, note=None, db=N
     ctx.gate = _gate_params(thresholds)
 
     # -- summary rows
+    _phase('summary rows')
     def st(t, m, b):
         try:
             r = stats.loc[(t, m, b)]
@@ -844,26 +941,33 @@ def build_context(store, builds=None, baseline=None, title=None, note=None, db=N
     ctx.counts = cnt
 
     # -- tests in verdict order, with their figures
+    _phase('tests in verdict order, with their figures')
     verdict_of_test: dict[str, str] = {}
     for r in rows:
         v = verdict_of_test.get(r["test"])
         if v is None or VERDICT_ORDER[r["verdict"]] < VERDICT_ORDER[v]:
             verdict_of_test[r["test"]] = r["verdict"]
+    _phase("wait for figures")
     figs = painter.finish()
     for tt in ctx.tests:
         tt["verdict"] = verdict_of_test.get(tt["name"], "none")
         tt["rows"] = [r for r in rows if r["test"] == tt["name"]]
         tt["figure"] = figs.get(("samples_figure", tt["name"]))
-        tt["history"] = figs.get(("history_figure", tt["name"]))
+        h = figs.get(("history_figure", tt["name"]))
+        if h:
+            tt["history"] = h["svg"]
+            tt["history_notes"] = tt["history_notes"] + h["notes"]
     ctx.tests.sort(key=lambda tt: (VERDICT_ORDER.get(tt["verdict"], 9), tt["name"]))
 
     # -- environment diff, outcomes, runs
+    _phase('environment diff, outcomes, runs')
     ctx.env = _env_diff(runs, builds)
     ctx.outcomes = _outcomes(store, builds, run_info)
     ctx.runs = _runs_table(runs, df)
     ctx.run_groups = _runs_by_build(runs, builds)
 
     # -- CSV
+    _phase('CSV')
     summary_df = (df.groupby(["label", "pair", "run_id", "test", "metric", "unit"], sort=True, dropna=False, observed=True)["value"]
                   .agg(["count", "median", "min", "max"]).reset_index()) if len(df) else pd.DataFrame()
     csum = summary_df.to_csv(index=False, lineterminator="\n", float_format="%.6g").encode() if len(df) else b""
@@ -882,7 +986,23 @@ def build_context(store, builds=None, baseline=None, title=None, note=None, db=N
         ctx.csv["raw_bytes"] = len(raw) if raw is not None else int(est)
         if raw is not None and len(raw) <= CSV_MAX_BYTES:
             ctx.csv["raw_uri"] = data_uri(raw)
+    _phase('end')
     return ctx
+
+
+_T0: list[float] = []
+
+
+def _phase(name: str) -> None:
+    """With HWTESTS_REPORT_TIMING=1, print the time since the previous phase to stderr."""
+    if not os.environ.get("HWTESTS_REPORT_TIMING"):
+        return
+    import time
+
+    now = time.perf_counter()
+    if _T0 and name != "start":
+        print(f"report: {now - _T0[-1]:6.2f} s  (until: {name})", file=sys.stderr)
+    _T0[:] = [now]
 
 
 def _num(x):
@@ -1002,10 +1122,6 @@ def _history(store, df, runs, builds) -> dict:
     med["pair"] = med["run_id"].map(lambda i: meta.get(i, (None, None, None))[1])
     med["label"] = med["run_id"].map(lambda i: meta.get(i, (None, None, None))[0])
     med["when"] = med["run_id"].map(lambda i: meta.get(i, (None, None, pd.NaT))[2])
-    try:
-        from .history import change_points
-    except ImportError:
-        change_points = None
     out: dict[str, dict] = {}
     for t, tdf in med.groupby("test", sort=False, observed=True):
         runs_per_pair = tdf.groupby("pair", observed=True)["run_id"].nunique()
@@ -1021,31 +1137,15 @@ def _history(store, df, runs, builds) -> dict:
                     continue
                 pdf = pdf.sort_values(["when", "run_id"], na_position="first")
                 y = pdf["value"].to_numpy(dtype=float)
-                cps = []
-                if change_points is not None:
-                    try:
-                        better = pdf["better"].iloc[0]
-                        for cp in change_points(list(y)):
-                            i = int(_get(cp, "index"))
-                            ch = float(_get(cp, "change_pct"))
-                            bad = (ch > 0) if better == "lower" else (ch < 0) if better == "higher" else True
-                            cps.append({"index": i, "change_pct": ch, "bad": bad,
-                                        "label": str(pdf["label"].iloc[i]) if 0 <= i < len(pdf) else ""})
-                    except Exception as exc:  # noqa: BLE001 - history is optional
-                        notes.append(f"change points of {m} on {pair}: {exc}")
-                for c in cps:
-                    notes.append(f"{pair}, {m}: step {c['change_pct']:+.2f}% from build {c['label']}"
-                                 + (" (worse)" if c["bad"] else " (better)"))
                 if not ticks:
                     whens = list(pdf["when"])
                     idx = sorted(set(np.linspace(0, len(y) - 1, min(5, len(y))).round().astype(int).tolist()))
                     ticks = [(i, whens[i].strftime("%m-%d %H:%M") if not pd.isna(whens[i]) else str(i)) for i in idx]
-                series.append({"pair": pair, "y": y, "cps": cps, "labels": [str(lb) for lb in pdf["label"]]})
+                series.append({"pair": pair, "y": y, "labels": [str(lb) for lb in pdf["label"]],
+                               "better": str(pdf["better"].iloc[0]), "metric": str(m)})
             if series:
                 panels.append({"metric": m, "unit": mdf["unit"].iloc[0], "series": series, "ticks": ticks})
         if panels:
-            if change_points is None:
-                notes.append("change-point detection unavailable (hwtests.history missing)")
             out[t] = {"panels": panels, "notes": notes}
     return out
 

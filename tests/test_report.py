@@ -231,3 +231,23 @@ def test_page_in_headless_chromium(page, tmp_path, width):
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
     # the regression banner text is in the rendered DOM, above the fold
     assert res.height > 900
+
+
+def test_figures_drawn_by_child_processes_match(store, tmp_path, monkeypatch):
+    """The two-worker path (used when a CPU is idle) gives the same figures as drawing in-process."""
+    monkeypatch.setattr(report, "_spare_cpus", lambda: 0.0)
+    serial = write_report(store, tmp_path / "serial.html", builds=["base", "patched"], baseline="base").read_text()
+    monkeypatch.setattr(report, "_spare_cpus", lambda: 2.0)
+    spawned: list = []
+    real_spawn = report._Painter._spawn
+
+    def spy(self):
+        real_spawn(self)
+        spawned.extend(w["p"] for w in self.procs)
+
+    monkeypatch.setattr(report._Painter, "_spawn", spy)
+    par = write_report(store, tmp_path / "par.html", builds=["base", "patched"], baseline="base").read_text()
+    assert len(spawned) == 2 and all(p.returncode == 0 for p in spawned)
+    figs = lambda h: re.findall(r"<svg .*?</svg>", h, re.S)  # noqa: E731
+    assert len(figs(par)) == len(figs(serial)) >= 4
+    assert figs(par) == figs(serial)

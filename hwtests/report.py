@@ -42,6 +42,7 @@ PARALLEL_MIN_FIGURES = 4    # from this many figures they are drawn in worker pr
 FIGURE_WORKERS = 2
 HISTORY_MIN_RUNS = 5       # runs of a test on a pair before a history figure is drawn
 HISTORY_MAX_RUNS = 200     # most recent runs considered for history figures
+HISTORY_SAMPLE_BUDGET = 150_000   # raw samples of other builds read for history figures (newest first)
 ENV_VALUE_MAX = 160        # characters of an environment value shown in a table cell
 
 # Display precision per metric (decimals) and display names.
@@ -1104,21 +1105,42 @@ def _history(store, df, runs, builds) -> dict:
         meta[_get(r, "id")] = (_get(r, "label"), _get(r, "pair"), _to_datetime(_get(r, "started")))
     recent = sorted(meta.items(), key=lambda kv: (pd.Timestamp.min.tz_localize("UTC") if pd.isna(kv[1][2])
                                                   else kv[1][2], kv[0] or 0))[-HISTORY_MAX_RUNS:]
-    labels = {m[0] for _, m in recent}
-    extra = sorted(labels - set(builds))
-    frames = [df[["run_id", "test", "metric", "unit", "better", "value"]]]
-    if extra:
-        try:
-            frames.append(_load(store, extra)[["run_id", "test", "metric", "unit", "better", "value"]])
-        except Exception:  # noqa: BLE001 - history is optional
-            pass
     keep = {rid for rid, _ in recent}
-    per_run = pd.concat(frames, ignore_index=True)
-    per_run = per_run[per_run["run_id"].isin(keep)]
-    if per_run.empty:
+
+    def medians(frame):
+        frame = frame[frame["run_id"].isin(keep)]
+        return frame.groupby(["test", "metric", "run_id"], sort=False, observed=True).agg(
+            value=("value", "median"), unit=("unit", "first"), better=("better", "first")).reset_index()
+
+    parts = [medians(df)]
+    # other builds newest first, reduced to per-run medians label by label, within a sample budget
+    newest: dict[str, Any] = {}
+    for rid, (lb, _, when) in recent:
+        if lb not in builds:
+            newest[lb] = when
+    budget = HISTORY_SAMPLE_BUDGET
+    for lb in sorted(newest, key=lambda k: (pd.isna(newest[k]), newest[k] if not pd.isna(newest[k]) else 0),
+                     reverse=True):
+        if budget <= 0:
+            keep -= {rid for rid, m in recent if m[0] == lb}
+            continue
+        try:
+            raw = _normalize(store.samples(labels=[lb]))
+        except Exception:  # noqa: BLE001 - history is optional
+            continue
+        budget -= len(raw)
+        for c in ("test", "metric", "unit", "better"):
+            raw[c] = raw[c].astype(object)
+        parts.append(medians(raw))
+        del raw
+    for part in parts:
+        for c in ("test", "metric", "unit", "better"):
+            part[c] = part[c].astype(object)
+    med = pd.concat(parts, ignore_index=True)
+    if med.empty:
         return {}
-    med = per_run.groupby(["test", "metric", "run_id"], sort=False, observed=True).agg(
-        value=("value", "median"), unit=("unit", "first"), better=("better", "first")).reset_index()
+    for c in ("test", "metric"):
+        med[c] = med[c].astype("category")
     med["pair"] = med["run_id"].map(lambda i: meta.get(i, (None, None, None))[1])
     med["label"] = med["run_id"].map(lambda i: meta.get(i, (None, None, None))[0])
     med["when"] = med["run_id"].map(lambda i: meta.get(i, (None, None, pd.NaT))[2])

@@ -96,6 +96,7 @@ def measure(db: Path, out: Path) -> dict:
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), MPLBACKEND="Agg")
     p = subprocess.Popen([sys.executable, "-c", CHILD, str(db), str(out)], stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, env=env)
+    load = os.getloadavg()[0]
     wall0 = time.perf_counter()
     _, status, ru = os.wait4(p.pid, 0)
     wall = time.perf_counter() - wall0
@@ -106,6 +107,8 @@ def measure(db: Path, out: Path) -> dict:
     res = json.loads(stdout.decode().strip().splitlines()[-1])
     res["wall_s"] = wall
     res["maxrss_mib"] = ru.ru_maxrss / 1024
+    res["cpu_s"] = ru.ru_utime + ru.ru_stime        # the child and the figure processes it reaped
+    res["load"] = load
     return res
 
 
@@ -116,8 +119,8 @@ def main() -> int:
     a = ap.parse_args()
     work = Path(a.keep) if a.keep else Path(tempfile.mkdtemp(prefix="hwtests-report-scale-"))
     work.mkdir(parents=True, exist_ok=True)
-    print(f"{'samples':>9} {'fill s':>7} {'render s':>9} {'child wall s':>12} {'peak RSS MiB':>13} "
-          f"{'HTML MiB':>9}  raw CSV")
+    print(f"{'samples':>9} {'fill s':>7} {'render s':>9} {'child wall s':>12} {'child CPU s':>11} {'load':>5} "
+          f"{'peak RSS MiB':>13} {'HTML MiB':>9}  raw CSV")
     try:
         for size in (int(s) for s in a.sizes.split(",")):
             db = work / f"store-{size}.db"
@@ -129,14 +132,17 @@ def main() -> int:
             out = work / f"report-{size}.html"
             r = measure(db, out)
             embedded = 'download="hwtests-samples.csv"' in out.read_text(encoding="utf-8")
-            print(f"{n:>9} {fill_s:>7.1f} {r['render_s']:>9.2f} {r['wall_s']:>12.2f} {r['maxrss_mib']:>13.0f} "
+            print(f"{n:>9} {fill_s:>7.1f} {r['render_s']:>9.2f} {r['wall_s']:>12.2f} {r['cpu_s']:>11.2f} "
+                  f"{r['load']:>5.2f} {r['maxrss_mib']:>13.0f} "
                   f"{r['bytes'] / 2**20:>9.2f}  {'embedded' if embedded else 'not embedded (export command shown)'}",
                   flush=True)
     finally:
         if not a.keep:
             shutil.rmtree(work, ignore_errors=True)
     print("render s: write_report() in the child (store open, queries, figures, HTML); child wall s includes "
-          "Python and library imports; peak RSS of the child process.")
+          "Python and library imports; child CPU s: user+sys of the child and its figure processes; load: "
+          "1-minute load average before the child started (other work on the machine slows wall times); "
+          "peak RSS: largest of the child and its figure processes.")
     return 0
 
 

@@ -42,7 +42,7 @@ PARALLEL_MIN_FIGURES = 4    # from this many figures they are drawn in worker pr
 FIGURE_WORKERS = 2
 HISTORY_MIN_RUNS = 5       # runs of a test on a pair before a history figure is drawn
 HISTORY_MAX_RUNS = 200     # most recent runs considered for history figures
-HISTORY_SAMPLE_BUDGET = 150_000   # raw samples of other builds read for history figures (newest first)
+HISTORY_SAMPLE_BUDGET = 100_000   # raw samples of other builds read for history figures (newest first)
 ENV_VALUE_MAX = 160        # characters of an environment value shown in a table cell
 
 # Display precision per metric (decimals) and display names.
@@ -669,6 +669,9 @@ def history_figure(test: str, panels: list[dict], colors: dict[str, str]) -> dic
             ax.set_xticks([t[0] for t in ticks])
             ax.set_xticklabels([t[1] for t in ticks], fontsize=7.5)
         ax.set_xlim(-0.8, npts - 0.2)
+        fmt = ax.yaxis.get_major_formatter()
+        if hasattr(fmt, "set_useOffset"):
+            fmt.set_useOffset(False)
         ax.grid(axis="x", visible=False)
         ax.set_title(_metric_title(p["metric"], p["unit"]) + " — median per run", loc="left")
     handles = [Line2D([], [], ls="", marker="o", color=c, label=_short(k, 28)) for k, c in seen.items()]
@@ -838,6 +841,7 @@ def _fill(ctx: Ctx, store, painter: "_Painter", note=None, csv_path=None, thresh
     for t in dict.fromkeys(t for t, _ in tm_keys):
         metrics = []
         notes = []
+        thinned: set[int] = set()
         for (tt, m) in tm_keys:
             if tt != t:
                 continue
@@ -849,10 +853,14 @@ def _fill(ctx: Ctx, store, painter: "_Painter", note=None, csv_path=None, thresh
                 if len(v):
                     vals[str(b)] = {"pts": thin_sorted(v), "median": float(np.median(v)), "ci": median_ci(v),
                                     "n": len(v)}
-            if any(d["n"] > MAX_POINTS for d in vals.values()):
-                notes.append(f"{_metric_title(m, unit)}: " + "; ".join(
-                    f"{b}: {fmt_int(len(d['pts']))} of {fmt_int(d['n'])} points drawn" for b, d in vals.items()))
+            big = sorted({d["n"] for d in vals.values() if d["n"] > MAX_POINTS})
+            if big:
+                thinned.update(big)
             metrics.append({"metric": m, "unit": unit, "better": better, "values": vals})
+        if thinned:
+            notes.append(f"Each build shows at most {fmt_int(MAX_POINTS)} points (evenly spaced order statistics, "
+                         f"min and max included) of its {' / '.join(fmt_int(n) for n in sorted(thinned))} samples; "
+                         "medians and confidence intervals use every sample.")
         shown_builds = [b for b in builds if any(b in mm["values"] for mm in metrics)]
         painter.add("samples_figure", (t, metrics, shown_builds, colors))
         if t in hist:

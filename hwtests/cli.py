@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "hwtests.report",
     "hwtests.compare",
     "hwtests.history",
+    "hwtests.importlog",
 )
 
 EPILOG = """exit codes: 0 ok; 1 a test failed or a regression was found; 2 bad input;

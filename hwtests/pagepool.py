@@ -390,6 +390,7 @@ def _kernel_msgs(kmsg: str, module: str) -> str:
         level = int(m.group(1)) & 7
         if body.startswith(module + ":") or level <= 3:
             msgs.append(body.strip())
+    msgs = list(dict.fromkeys(msgs))       # busybox insmod tries twice: the kernel says it twice
     return "; ".join(msgs[-2:])
 
 

@@ -359,3 +359,44 @@ def test_prebuilt_for_another_kernel_is_refused(prebuilt, tmp_path):
         pagepool.run_bench(sim, wrong, loops=1000, repeat=1)
     with sim, pytest.raises(InputError, match="loops must be"):
         pagepool.run_bench(sim, prebuilt_ko, loops=10, repeat=1)
+
+
+# -- a real load: Debian 6.12 in the QEMU (TCG) VM lab ----------------------------------------------
+
+@pytest.mark.vmlab
+def test_run_bench_in_a_debian_guest(prebuilt, tmp_path):
+    """Build on the controller, upload, insmod/collect/rmmod over SSH in a Debian 6.12 guest."""
+    from hwtests import hostconn, inventory, labvm
+    prebuilt_ko, release = prebuilt
+    try:
+        labvm.preflight()
+        inv_path = labvm.up(tmp_path / "lab", kernels=[release], progress=lambda s: None)
+    except HwtestsError as exc:
+        unavailable(f"VM lab: {exc}")
+    try:
+        inv = inventory.load(inv_path)
+        t = hostconn.connect(inv.hosts["vm-a"], inv.defaults, inv)
+        try:
+            assert pagepool.can_load_modules(t, need_build=False) == (True, "")
+            ok, why = pagepool.can_load_modules(t)             # the guest has no headers
+            assert not ok and f"/lib/modules/{release}/build" in why
+            res = pagepool.run_bench(t, prebuilt_ko, loops=5000, run_flags=0x7f, repeat=2)
+            assert [r.repetition for r in res] == [0, 1]
+            for r in res:
+                assert [x.type for x in r.records] == [
+                    "for_loop", "no-softirq-page_pool01", "no-softirq-page_pool02", "no-softirq-page_pool03",
+                    "tasklet_page_pool01_fast_path", "tasklet_page_pool02_ptr_ring", "tasklet_page_pool03_slow"]
+                assert r.warnings == [] and r.kernel_release == release
+                assert all(x.invoke_count == 5000 and x.tsc_interval > 0 for x in r.records)
+            assert res[0].seq_from < res[1].seq_from
+            assert not t.run(["test", "-d", "/sys/module/hwt_pp_bench"], check=False).ok     # unloaded
+            # the kernel's own reason comes back on one line
+            bad = tmp_path / "bad.ko"
+            bad.write_bytes(prebuilt_ko.read_bytes().replace(b"mod_unload", b"mod_unlaad"))
+            with pytest.raises(InfraError) as ei:
+                pagepool.run_bench(t, bad, loops=1000, repeat=1, discard_first=False)
+            assert "invalid module format" in str(ei.value).lower() and "version magic" in str(ei.value)
+        finally:
+            t.close()
+    finally:
+        labvm.down(tmp_path / "lab")

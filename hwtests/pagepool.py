@@ -243,6 +243,23 @@ def vermagic_release(data: bytes) -> str:
     return vm.split()[0] if vm.split() else ""
 
 
+def headers_release(kdir: str | Path) -> str | None:
+    """The kernel release a (controller-side) headers or build tree is for, or None."""
+    try:
+        return (Path(kdir) / "include" / "config" / "kernel.release").read_text().strip() or None
+    except OSError:
+        return None
+
+
+def controller_headers(kernels, release: str) -> str | None:
+    """Among an inventory host's kernel builds, the headers dir on the controller for `release`."""
+    for kb in (kernels or {}).values():
+        hd = getattr(kb, "headers", None)
+        if hd and Path(hd, "Makefile").is_file() and (getattr(kb, "release", None) or headers_release(hd)) == release:
+            return str(hd)
+    return None
+
+
 # -- capability ----------------------------------------------------------------------------
 
 _CAP_SCRIPT = r'''
@@ -481,6 +498,7 @@ def run_bench(t: Transport, source: str | Path | SourceTree | Sequence[str | Pat
               loops: int = DEFAULT_LOOPS, run_flags: int = ALL_FLAGS, repeat: int = 10,
               discard_first: bool = True, build_dir: str | None = None, *, cpu: int | None = None,
               journal=None, load_timeout: float = LOAD_TIMEOUT, keep_warmup: bool = False,
+              controller_build_dir: str | None = None,
               progress: Callable[[str], None] | None = None) -> list[RunResult]:
     """Build (or upload) the bench module, then load it `repeat` times and collect each load's results.
 
@@ -489,7 +507,9 @@ def run_bench(t: Transport, source: str | Path | SourceTree | Sequence[str | Pat
     load runs first and is dropped (kept as repetition -1 when `keep_warmup`).
     `cpu` pins insmod (and so the no-softirq tests and the tasklet) with taskset.
     `journal` (hwtests.journal.Journal): records that the module must be unloaded if
-    the controller dies mid-run.
+    the controller dies mid-run. `controller_build_dir`: build the sources on the
+    controller against these headers of the host's kernel (e.g. from
+    hwtests.debkernel) and upload the modules, for hosts without headers or a compiler.
     """
     if repeat < 1:
         raise InputError(f"repeat must be at least 1, not {repeat}")
@@ -507,6 +527,14 @@ def run_bench(t: Transport, source: str | Path | SourceTree | Sequence[str | Pat
         say(f"{t.name}: uploading {', '.join(Path(k).name for k in kos)}")
         paths = upload_prebuilt(t, kos, release)
         kind = "prebuilt"
+    elif controller_build_dir:
+        from .transport import LocalTransport
+        st = source if isinstance(source, SourceTree) else local_source(source if source is not None else FIXTURE)
+        say(f"{t.name}: building {st.bench_module} ({st.kind}) on the controller against {controller_build_dir}")
+        with LocalTransport("controller") as lt:
+            built = build(lt, st, controller_build_dir)
+            paths = upload_prebuilt(t, [built[m] for m in st.modules], release)
+        kind = st.kind
     else:
         st = source if isinstance(source, SourceTree) else local_source(source if source is not None else FIXTURE)
         say(f"{t.name}: building {st.bench_module} ({st.kind}) against {f.get('build_dir')}")

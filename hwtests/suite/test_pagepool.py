@@ -2,7 +2,9 @@
 
 The bench module (the inventory's `pagepool_src` if the host has one, else ours,
 `fixtures/pagepool/`) is built on the host against its running kernel (or the
-host's `build_dir`), loaded once as a warm-up and then `repeat` times; every
+host's `build_dir`) — or, when the host has no headers, on the controller
+against the inventory's `headers` for the running release (kernels: LABEL:
+headers) and uploaded —, loaded once as a warm-up and then `repeat` times; every
 result line of every load becomes two samples, `pagepool/<type>` `cycles`
 (tsc_interval / invoke count) and `ns`, with the load's repetition index and
 the host's boot id.
@@ -87,9 +89,15 @@ def test_pagepool_fast_path(request, rx_host, hw_record_many):
     why = pagepool.load_blocker(facts)
     if why:
         pytest.skip(f"{he.name}: cannot load kernel modules: {why}")
+    # Build on the host; without headers there, on the controller against the inventory's
+    # headers for the host's running kernel (the VM lab lists Debian's), then upload.
+    controller_kdir = None
     why = pagepool.build_blocker(facts)
     if why:
-        pytest.skip(f"{he.name}: cannot build the page_pool bench module: {why}")
+        controller_kdir = pagepool.controller_headers(he.host.kernels, facts.get("release", ""))
+        if controller_kdir is None:
+            pytest.skip(f"{he.name}: cannot build the page_pool bench module: {why}; and the inventory "
+                        f"lists no headers for {facts.get('release')} on the controller")
 
     for msg in _hygiene(he):
         warnings.warn(PagePoolHygieneWarning(f"{he.name}: {msg}"))
@@ -103,7 +111,8 @@ def test_pagepool_fast_path(request, rx_host, hw_record_many):
         src = pagepool.source_for_host(he.t, he.host.pagepool_src)
         results = pagepool.run_bench(he.t, src, loops=loops, run_flags=run_flags, repeat=repeat,
                                      discard_first=True, build_dir=build_dir, cpu=int(cpu) if cpu else None,
-                                     journal=he.journal, load_timeout=timeout)
+                                     journal=he.journal, load_timeout=timeout,
+                                     controller_build_dir=controller_kdir)
     except HwtestsError as exc:
         pytest.fail(f"{he.name}: {exc}", pytrace=False)
 

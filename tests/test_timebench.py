@@ -367,3 +367,68 @@ def test_valid_line_survives_surrounding_noise(noise):
     ours = [x for x in r.records if x.tsc_interval == F_TSC]
     assert len(ours) == 1
     check(ours[0], "no-softirq-page_pool01", F_INV, F_TSC, F_TI, line=len(noise) // 2 + 1)
+
+
+# -- hwtests import-log ------------------------------------------------------------------------
+
+def _cli(*args: str, cwd: Path):
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, "-m", "hwtests.cli", "import-log", *args], capture_output=True,
+                          text=True, timeout=120, cwd=cwd)
+
+
+def test_import_log_dry_run_json(tmp_path):
+    p = _cli(str(DATA / "oot-dmesg.log"), str(DATA / "mail-quoted.txt"), "--kernel-build", "b1", "--dry-run",
+             "--json", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    objs = [json.loads(ln) for ln in p.stdout.splitlines()]          # JSON Lines: one object per file
+    assert [o["file"] for o in objs] == [str(DATA / "oot-dmesg.log"), str(DATA / "mail-quoted.txt")]
+    assert len(objs[0]["records"]) == 9 and len(objs[0]["warnings"]) == 3 and len(objs[1]["records"]) == 6
+    fp = objs[0]["records"][6]
+    assert fp["type"] == "tasklet_page_pool01_fast_path" and fp["cycles"] == 19
+    assert fp["cycles_exact"] == 190054880 / 10000000 and fp["line"] == 14
+    assert set(fp) >= {"type", "cycles", "ns", "step", "time_interval", "invoke_count", "tsc_interval",
+                       "cycles_exact", "line"}
+    assert objs[0]["warnings"][0] == {"line": 6, "reason": "benchmark note",
+                                      "text": read("oot-dmesg.log").splitlines()[5]}
+    assert not (tmp_path / ".hwtests").exists()                        # dry run: no store
+
+
+def test_import_log_bad_files_store_nothing(tmp_path):
+    (tmp_path / "noise.log").write_text("[ 1.0] usb 1-1: new device\n")
+    for bad, msg in (("missing.log", "missing.log: no such file"),
+                     ("noise.log", "noise.log: no page_pool benchmark results in it")):
+        p = _cli(str(DATA / "oot-dmesg.log"), bad, "--kernel-build", "b1", "--db", str(tmp_path / "r.db"),
+                 cwd=tmp_path)
+        assert p.returncode == 2
+        assert p.stderr.strip().splitlines() == [f"hwtests: error: {msg}"]
+        assert p.stdout == ""
+    assert not (tmp_path / "r.db").exists()
+    (tmp_path / "trunc.log").write_text(read("errors.log").splitlines()[0] + "\n")
+    p = _cli("trunc.log", "--kernel-build", "b1", "--dry-run", cwd=tmp_path)
+    assert p.returncode == 2 and "1 unreadable result line(s), first at line 1: truncated result" in p.stderr
+
+
+def test_import_log_stores_one_run_per_file(tmp_path):
+    from hwtests.store import Store
+    two_loads = tmp_path / "two-loads.kmsg"
+    two_loads.write_text(read("hwt_pp_bench-612-tcg.kmsg") + read("hwt_pp_bench-612-tcg.kmsg"))
+    db = tmp_path / "r.db"
+    p = _cli(str(DATA / "upstream.kmsg"), str(two_loads), "--kernel-build", "net-next", "--host", "dut1",
+             "--db", str(db), cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.splitlines()[0].endswith("3 records (3 types), 3 warnings -> run 1 (net-next)")
+    with Store.open(str(db)) as st:
+        runs = st.runs()
+        assert [(r.label, r.source) for r in runs] == [("net-next", "import")] * 2
+        df = st.samples(labels=["net-next"])
+        assert len(df) == 3 * 2 + 14 * 2
+        fp = df[(df.test == "pagepool/no-softirq-page_pool01") & (df.metric == "cycles")]
+        vals = list(fp.value)
+        assert 140020915 / 10000000 in vals and vals.count(121917937 / 200000) == 2
+        assert sorted(fp[fp.value == 121917937 / 200000].repetition) == [0, 1]   # two loads in one file
+        ns = df[(df.test == "pagepool/no-softirq-page_pool01") & (df.metric == "ns")]
+        assert 54926007 / 10000000 in list(ns.value)
+        assert set(df.better) == {"lower"} and set(df.host) == {"dut1"}
+        assert set(df[df.metric == "cycles"].unit) == {"cycles"} and set(df[df.metric == "ns"].unit) == {"ns"}

@@ -548,6 +548,11 @@ class Store:
             cur.execute("SELECT label, MIN(id) AS first FROM runs GROUP BY label ORDER BY first")
             return [r[0] for r in cur.fetchall()]
 
+    def metrics(self) -> list[str]:
+        with self._read() as cur:
+            cur.execute("SELECT DISTINCT metric FROM samples ORDER BY metric")
+            return [r[0] for r in cur.fetchall()]
+
     def _where(self, labels=None, metric=None, pair=None, test_glob=None, table="s") -> tuple[str, list, str | None]:
         conds, params = [], []
         if labels is not None:

@@ -167,7 +167,7 @@ class Run:
 
 _URL_PW = re.compile(r"^(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:@/]*):(?P<pw>[^@/]*)@", re.I)
 _QUERY_PW = re.compile(r"(?P<k>[?&]password=)[^&]*", re.I)
-_KV_PW = re.compile(r"(?P<k>\bpassword\s*=\s*)('[^']*'|\S+)", re.I)
+_KV_PW = re.compile(r"(?P<k>(?<![?&])\bpassword\s*=\s*)('[^']*'|[^\s&]+)", re.I)
 
 
 def redact_url(url: str | None) -> str:
@@ -493,6 +493,7 @@ class Store:
 
     def add_samples(self, run_id: int, samples: Iterable[Sample]) -> int:
         """Store samples in one transaction (all or none); returns the batch id."""
+        run_id = int(run_id)
         rows = []
         for s in samples:
             if s.better not in ("lower", "higher"):
@@ -519,6 +520,7 @@ class Store:
         return self._write("cannot store samples", write)
 
     def add_outcome(self, run_id: int, test: str, outcome: str, reason: str = "") -> None:
+        run_id = int(run_id)
         if outcome not in OUTCOMES:
             raise InputError(f"outcome {outcome!r} of {test}: use one of {', '.join(OUTCOMES)}")
 
@@ -530,6 +532,7 @@ class Store:
         self._write("cannot store the outcome", write)
 
     def finish_run(self, run_id: int, status: str = "finished") -> None:
+        run_id = int(run_id)
         def write(cur):
             self._check_run(cur, run_id)
             cur.execute(self._q("UPDATE runs SET status = ?, finished = ? WHERE id = ?"), (status, _ts(None), run_id))

@@ -1,0 +1,87 @@
+"""The line-rate suite on the netns lab, through `hwtests run`, into a throwaway SQLite store.
+
+tcp and zerocopy run and pass (Gbit/s > 0, payload validated with zero
+mismatches); devmem and zcrx skip naming the capability veth lacks. Durations
+are cut short through the suite's environment knobs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+
+import pytest
+
+from conftest import run_cli
+from hwtests.store import Store
+
+pytestmark = pytest.mark.lab
+
+MODES = ("tcp", "zerocopy", "devmem", "zcrx")
+
+
+@pytest.fixture(scope="module")
+def linerate_run(netns_lab, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("linerate")
+    db = tmp / "results.db"
+    env = dict(os.environ, HWTESTS_LINERATE_DURATION="3", HWTESTS_LINERATE_REPEAT="2",
+               HWTESTS_LINERATE_WARMUP="1", HWTESTS_LINERATE_COOLDOWN="0")
+    t0 = time.monotonic()
+    r = run_cli("run", "--inventory", str(netns_lab), "--kernel-build", "lab-test", "-k", "linerate",
+                "--db", str(db), "-rA", "-p", "no:cacheprovider", env=env, timeout=900)
+    return {"r": r, "db": db, "seconds": time.monotonic() - t0}
+
+
+def _outcomes(db) -> dict[tuple[str, str], tuple[str, str]]:
+    st = Store.open(str(db))
+    df = st.outcomes(labels=["lab-test"])
+    return {(row.pair, row.test): (row.outcome, row.reason) for row in df.itertuples()}
+
+
+def test_run_exit_and_outcomes(linerate_run):
+    r = linerate_run["r"]
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    got = _outcomes(linerate_run["db"])
+    for pair in ("pair1", "pair2"):
+        for mode in ("tcp", "zerocopy"):
+            assert got[(pair, f"linerate/{mode}")][0] == "passed", got
+        out, why = got[(pair, "linerate/devmem")]
+        assert out == "skipped" and "udmabuf" in why, why
+        out, why = got[(pair, "linerate/zcrx")]
+        assert out == "skipped" and "header_split" in why, why
+
+
+def test_store_holds_validated_throughput(linerate_run):
+    st = Store.open(str(linerate_run["db"]))
+    df = st.samples(labels=["lab-test"], test_glob="linerate/*")
+    assert set(df["test"]) == {"linerate/tcp", "linerate/zerocopy"}
+    for mode in ("tcp", "zerocopy"):
+        d = df[df["test"] == f"linerate/{mode}"]
+        g = d[d["metric"] == "gbps"]
+        assert len(g) == 2 * 2, g          # 2 pairs x 2 repetitions
+        assert (g["value"] > 0).all() and (g["better"] == "higher").all()
+        assert set(d["metric"]) >= {"gbps", "cpu_rx_pct", "cpu_tx_pct", "cpu_per_gb", "link_pct"}
+        for m in ("cpu_rx_pct", "cpu_tx_pct"):
+            v = d[d["metric"] == m]["value"]
+            assert ((v > 0) & (v <= 100)).all() and (d[d["metric"] == m]["better"] == "lower").all()
+        assert (d[d["metric"] == "cpu_per_gb"]["value"] > 0).all()
+    # every gbps sample says the payload was validated with zero mismatches and carries the per-second samples
+    con = sqlite3.connect(str(linerate_run["db"]))
+    rows = con.execute("SELECT test, extra FROM samples WHERE metric = 'gbps'").fetchall()
+    con.close()
+    assert rows
+    for test, extra in rows:
+        x = json.loads(extra)
+        assert x["mismatches"] == 0 and x["validated_bytes"] > 0, (test, x)
+        assert len(x["per_second_gbps"]) >= 1 and x["traffic_src"], (test, x)
+
+
+def test_binary_hashes_recorded(linerate_run):
+    st = Store.open(str(linerate_run["db"]))
+    runs = st.runs(labels=["lab-test"])
+    assert runs
+    for run in runs:
+        assert any(k.endswith("traffic/hwt_rx") for k in run.artifacts), run.artifacts
+        assert any(k.endswith("traffic_src") for k in run.artifacts), run.artifacts

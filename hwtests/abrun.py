@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from . import kswitch
-from .errors import EXIT_FAIL, InputError
+from .errors import EXIT_FAIL, EXIT_INTERRUPTED, InputError
 from .inventory import load
 
 
@@ -78,7 +78,12 @@ def run(args: argparse.Namespace) -> int:
             kswitch.switch(inv, inv.hosts[h], label, timeout=args.boot_timeout, force=i > 1, progress=say)
         ns = argparse.Namespace(inventory=args.inventory, kernel_build=label, pair=[pair.name], db=args.db,
                                 gate_baseline=None, html=None, extra=list(getattr(args, "extra", [])))
+        from . import plugin
+        plugin.last_exit_set = None
         rc = int(pytest.main(runner.pytest_args(ns)))
+        if rc == int(pytest.ExitCode.INTERRUPTED) and plugin.last_exit_set != rc:   # Ctrl-C / SIGTERM: stop here, the hosts are restored
+            say(f"hwtests ab: interrupted during boot {i}/{len(plan)} ({label}); no comparison made")
+            return EXIT_INTERRUPTED
         if rc not in (0, 5):      # 5: nothing collected under -k; not a failure of the builds
             say(f"hwtests ab: suite on {label} exited {rc}")
             worst = max(worst, EXIT_FAIL)
@@ -92,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     if args.html:
         from .report import write_report
         path = write_report(store, Path(args.html), builds=[a, b], baseline=a,
-                            title=f"{a} vs {b} on {pair.name}")
+                            title=f"{a} vs {b} on {pair.name}", thresholds=inv.thresholds)
         print(f"report: {Path(path).resolve()}")
     say(f"hwtests ab: {len(plan)} boots in {time.monotonic() - t_start:.0f} s")
     return code if code else worst

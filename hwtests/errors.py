@@ -8,6 +8,7 @@ EXIT_FAIL = 1          # a test failed or the gate found a regression
 EXIT_USAGE = 2         # bad input: arguments, inventory, log file, unknown label
 EXIT_INCONCLUSIVE = 3  # the gate could not decide; take more runs
 EXIT_INFRA = 4         # the lab or a host could not be reached or set up
+EXIT_INTERRUPTED = 130  # Ctrl-C or SIGTERM; hosts were restored before exiting
 
 
 class HwtestsError(Exception):

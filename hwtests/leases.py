@@ -48,6 +48,33 @@ def host_resource(host) -> str:
     return where
 
 
+def holder_dead(holder: str) -> bool:
+    """True when `holder` (see holder_id) ran on this machine and its process is gone.
+
+    A controller killed with SIGKILL cannot release its lease; on the same machine we
+    can tell at once instead of making the next run wait for the expiry.
+    """
+    try:
+        who, pid, _thread = holder.rsplit(":", 2)
+        host = who.split("@", 1)[1]
+        pid_n = int(pid)
+    except (ValueError, IndexError):
+        return False
+    if host != socket.gethostname() or pid_n == os.getpid():
+        return False
+    try:
+        os.kill(pid_n, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    try:   # a zombie (killed, not yet reaped) is dead too
+        with open(f"/proc/{pid_n}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
+
+
 class LeaseBusy(InfraError):
     pass
 
@@ -109,14 +136,18 @@ class LeaseDB:
                 for r in sorted(resources):   # a fixed order: no lock-order deadlock between controllers
                     cur.execute(self._sql("SELECT holder, info, expires FROM leases WHERE resource = ?"), (r,))
                     row = cur.fetchone()
-                    if row and row[0] != holder and row[2] < now:
+                    stale_before = now
+                    if row and row[0] != holder and row[2] >= now and holder_dead(row[0]):
+                        stale_before = row[2] + 1          # its controller died on this machine
+                        taken.append(f"{r} (lease of {row[1]}, whose process is gone)")
+                    elif row and row[0] != holder and row[2] < now:
                         taken.append(f"{r} (expired lease of {row[1]})")
                     cur.execute(self._sql(
                         "INSERT INTO leases (resource, holder, info, acquired, expires) VALUES (?, ?, ?, ?, ?) "
                         "ON CONFLICT (resource) DO UPDATE SET holder = excluded.holder, info = excluded.info, "
                         "acquired = excluded.acquired, expires = excluded.expires "
                         "WHERE leases.expires < ? OR leases.holder = ?"),
-                        (r, holder, info, now, now + ttl, now, holder))
+                        (r, holder, info, now, now + ttl, stale_before, holder))
                     if cur.rowcount != 1:
                         cur.execute(self._sql("SELECT info, expires FROM leases WHERE resource = ?"), (r,))
                         row = cur.fetchone()
@@ -130,8 +161,8 @@ class LeaseDB:
         return True, taken, ""
 
     def acquire(self, resources: list[str], info: str, ttl: float = 60.0, wait: float = 600.0,
-                progress=lambda s: None) -> Lease:
-        holder = holder_id()
+                progress=lambda s: None, holder: str | None = None) -> Lease:
+        holder = holder or holder_id()
         deadline = time.monotonic() + wait
         said = False
         while True:

@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from .errors import EXIT_FAIL, EXIT_INCONCLUSIVE, HwtestsError
+from .errors import EXIT_FAIL, EXIT_INCONCLUSIVE, EXIT_INFRA, HwtestsError
 from .inventory import Host, Inventory, Nic, load
 from .journal import Journal
 from .transport import Transport
@@ -49,6 +49,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 help="after the session compare this run's build against LABEL; exit 1 on a regression, 3 if inconclusive")
     g.addoption("--html", metavar="PATH", default=None, help="write the HTML report of this build (and the baseline) to PATH")
     g.addoption("--no-store", action="store_true", default=False, help="do not store results (dry run)")
+    g.addoption("--lease-wait", type=float, default=600.0, metavar="SECONDS",
+                help="how long to wait for a pair another controller holds before failing with its name "
+                "(default 600; leases live in the results database, --db)")
+    g.addoption("--lease-ttl", type=float, default=60.0, metavar="SECONDS",
+                help="lease expiry, renewed every third of it while the run lives; a controller that died "
+                "loses its pair after this long (default 60)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -137,6 +143,10 @@ class HwSession:
         self._store = None
         self._lock = threading.RLock()
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
+        self.leases: dict[str, object] = {}
+        self.broken: dict[str, str] = {}        # pair -> why it could not be set up
+        self.infra_error: str | None = None
+        self._lease_db = None
 
     def selected_pairs(self) -> list[str]:
         wanted = self.config.getoption("--pair")
@@ -168,6 +178,7 @@ class HwSession:
             if pname in self.pairs:
                 return self.pairs[pname]
             pair = self.inv.pairs[pname]
+            self._lease(pname, pair)
             sides = {}
             for role, side, other in (("rx", pair.rx, pair.tx), ("tx", pair.tx, pair.rx)):
                 t = self.acquire_host(side.host)
@@ -181,6 +192,22 @@ class HwSession:
             self.pairs[pname] = env
             return env
 
+    def _lease(self, pname: str, pair) -> None:
+        """Take both hosts of the pair in one step before touching either (see leases.py)."""
+        from .leases import LeaseDB, host_resource
+
+        if self._lease_db is None:
+            self._lease_db = LeaseDB(self.store.connect, self.store.placeholder)
+        names = sorted({pair.rx.host, pair.tx.host})
+        resources = [host_resource(self.inv.hosts[n]) for n in names]
+        info = (f"{socket.gethostname()} pid {os.getpid()} (build {self.label}, pair {pname}, "
+                f"since {time.strftime('%Y-%m-%d %H:%M:%S')})")
+        lease = self._lease_db.acquire(resources, info, ttl=float(self.config.getoption("--lease-ttl")),
+                                       wait=float(self.config.getoption("--lease-wait")), progress=self._say)
+        self.leases[pname] = lease
+        for what in lease.taken_over:   # its journal is replayed by acquire_host, before anything else
+            self._say(f"hwtests: pair {pname}: took over {what}")
+
     def _probe(self, he: HostEnv) -> None:
         from . import probe
         key = f"{he.name}/{he.nic.ifname}"
@@ -191,11 +218,18 @@ class HwSession:
         he.env = probe.capture_env(he.t) if not he.env else he.env
 
     def _say(self, msg: str) -> None:
+        """Tell the user now, also from inside a test's setup (where output is captured)."""
         tr = self.config.pluginmanager.get_plugin("terminalreporter")
-        if tr is not None:
-            tr.write_line(msg)
+        capman = self.config.pluginmanager.get_plugin("capturemanager")
+        if tr is None:
+            print(msg, file=sys.stderr, flush=True)
+            return
+        if capman is not None:
+            with capman.global_and_fixture_disabled():
+                tr.ensure_newline()
+                tr.write_line(msg)
         else:
-            print(msg, file=sys.stderr)
+            tr.write_line(msg)
 
     # -- results ------------------------------------------------------------
     @property
@@ -251,6 +285,12 @@ class HwSession:
         if self._store is not None:
             for rid in self.runs.values():
                 self._store.finish_run(rid)
+        for pname, lease in list(self.leases.items()):
+            try:
+                lease.release()
+            except Exception as exc:   # the DB is gone: the lease expires on its own
+                errors.append(f"pair {pname}: lease not released ({exc}); it expires by itself")
+            self.leases.pop(pname, None)
         return errors
 
 
@@ -277,10 +317,18 @@ def hw_pair(request: pytest.FixtureRequest) -> PairEnv:
     hs = _hw(request.config)
     if hs is None or request.param is None:
         pytest.skip("no --inventory given")
+    if request.param in hs.broken:      # failed once: do not wait or connect again per test
+        pytest.fail(hs.broken[request.param], pytrace=False)
     try:
         return hs.pair_env(request.param)
     except HwtestsError as exc:
-        pytest.fail(f"pair {request.param}: {exc}", pytrace=False)
+        from .leases import LeaseBusy
+        msg = f"pair {request.param}: {exc}"
+        hs.broken[request.param] = msg
+        if isinstance(exc, LeaseBusy):   # another controller has the pair: nothing here can run
+            hs.infra_error = msg
+            request.session.shouldstop = msg
+        pytest.fail(msg, pytrace=False)
 
 
 @pytest.fixture(autouse=True)
@@ -378,9 +426,24 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         return
     for err in hs.close():
         hs._say(f"hwtests: WARNING: {err}")
+    if hs.infra_error:
+        hs._say(f"hwtests: {hs.infra_error}")
+        session.exitstatus = _ours(EXIT_INFRA)
     if hasattr(session.config, "workerinput"):
         return   # an xdist worker: the controller gates and reports once
     _gate_and_report(session, hs)
+
+
+# pytest's own exit codes (2 interrupted, 3 internal error, 4 usage error) collide with
+# ours (2 bad input, 3 inconclusive, 4 infra); `hwtests run` maps pytest's to ours unless
+# the plugin set the status itself, which it records here.
+last_exit_set: int | None = None
+
+
+def _ours(code: int) -> int:
+    global last_exit_set
+    last_exit_set = int(code)
+    return int(code)
 
 
 def _gate_and_report(session: pytest.Session, hs: HwSession) -> None:
@@ -394,7 +457,7 @@ def _gate_and_report(session: pytest.Session, hs: HwSession) -> None:
             comps = compare.compare_labels(hs.store, base, hs.label, thresholds=hs.inv.thresholds)
         except HwtestsError as exc:
             hs._say(f"hwtests: gate: {exc}")
-            session.exitstatus = exc.exit_code
+            session.exitstatus = _ours(exc.exit_code)
             return
         hs._say(compare.format_table(comps, base, hs.label))
         code = compare.exit_code(comps)
@@ -403,11 +466,11 @@ def _gate_and_report(session: pytest.Session, hs: HwSession) -> None:
             for k, v in compare.junit_properties(comps):
                 xml.add_global_property(k, v)
         if code in (EXIT_FAIL, EXIT_INCONCLUSIVE) and session.exitstatus == 0:
-            session.exitstatus = code
+            session.exitstatus = _ours(code)
     if html:
         from .report import write_report
         builds = [b for b in (base, hs.label) if b]
-        path = write_report(hs.store, Path(html), builds=builds, baseline=base)
+        path = write_report(hs.store, Path(html), builds=builds, baseline=base, thresholds=hs.inv.thresholds)
         hs._say(f"hwtests: report written to {path}")
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .errors import InputError
+from .errors import EXIT_INFRA, EXIT_INTERRUPTED, EXIT_USAGE, InputError
 
 SUITE_DIR = Path(__file__).parent / "suite"
 
@@ -48,4 +48,16 @@ def run(args: argparse.Namespace) -> int:
 
     if not Path(args.inventory).is_file():
         raise InputError(f"{args.inventory}: no such inventory file")
-    return int(pytest.main(pytest_args(args)))
+    from . import plugin
+    plugin.last_exit_set = None
+    return to_hwtests_exit(int(pytest.main(pytest_args(args))), plugin.last_exit_set)
+
+
+def to_hwtests_exit(rc: int, set_by_plugin: int | None) -> int:
+    """pytest's exit code -> ours (see errors.py): 2 interrupted -> 130, 3 internal -> 4, 4 usage -> 2."""
+    if set_by_plugin is not None and rc == set_by_plugin:
+        return rc
+    from pytest import ExitCode
+
+    return {int(ExitCode.INTERRUPTED): EXIT_INTERRUPTED, int(ExitCode.INTERNAL_ERROR): EXIT_INFRA,
+            int(ExitCode.USAGE_ERROR): EXIT_USAGE}.get(rc, rc)

@@ -9,6 +9,7 @@ constants may be strings.
 
 from __future__ import annotations
 
+import logging
 import os
 import posixpath
 import secrets
@@ -25,6 +26,11 @@ from .errors import HwtestsError, InfraError
 Command = str | Sequence[str]
 
 DEFAULT_TIMEOUT = 60.0
+
+# paramiko's reader thread logs a traceback when a host drops the connection (a VM
+# rebooting, a killed sshd); we report that ourselves in one line. The handler keeps
+# Python's last-resort stderr printing away; a configured root logger still gets it.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 
 class RemoteError(InfraError):

@@ -111,10 +111,18 @@ def need_rx_caps(rx, caps) -> None:
         pytest.skip("lacks " + "; ".join(missing))
 
 
+# Software devices report a nominal speed (veth says 10000Mb/s) that says nothing about
+# what the link can carry; a percentage of it would only mislead.
+NOMINAL_SPEED_DRIVERS = {"veth", "virtio_net", "tun", "dummy", "netkit", "bridge", "loopback"}
+
+
 def _link_speed_mbps(he) -> int | None:
-    if he.nic.speed_mbps:
+    if he.nic.speed_mbps:           # the inventory's word wins
         return int(he.nic.speed_mbps)
     nic = ((he.probe or {}).get("nics") or {}).get(he.nic.ifname) or {}
+    driver = nic.get("driver") or ""
+    if driver in NOMINAL_SPEED_DRIVERS:
+        return None
     s = nic.get("speed_mbps")
     return int(s) if isinstance(s, (int, float)) and s > 0 else None
 

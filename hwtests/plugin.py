@@ -91,6 +91,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     metafunc.parametrize("hw_pair", names, indirect=True, ids=names, scope="session")
 
 
+@pytest.hookimpl(tryfirst=True)   # before xdist's worker hook reads the group marks
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     # Under pytest-xdist (--dist loadgroup) every test of a pair goes to one worker,
     # so a worker owns its pair and two workers never share one.

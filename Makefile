@@ -46,7 +46,7 @@ test-fast: venv
 # samples per build and test. The VMs are stopped at the end whatever happened. A gate
 # verdict (0 same, 1 regression, 3 inconclusive) is the job's result, not its failure.
 LAB_ENV = HWTESTS_PP_LOOPS=100000 HWTESTS_PP_REPEAT=3 HWTESTS_PP_TIMEOUT=300 \
-	HWTESTS_LINERATE_DURATION=3 HWTESTS_LINERATE_REPEAT=2 HWTESTS_LINERATE_WARMUP=1 HWTESTS_LINERATE_COOLDOWN=0
+	HWTESTS_LINERATE_DURATION=3 HWTESTS_LINERATE_REPEAT=1 HWTESTS_LINERATE_WARMUP=1 HWTESTS_LINERATE_COOLDOWN=0
 
 lab-report: setup
 	@trap '$(HWT) lab down --kind vm' EXIT INT TERM; \

@@ -405,6 +405,10 @@ def hw_record_many(request: pytest.FixtureRequest, hw_pair: PairEnv):
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call):
     report = yield
+    if report.failed and call.excinfo is not None and isinstance(call.excinfo.value, HwtestsError) \
+            and not item.config.getoption("fulltrace", False):
+        # a host, the lab or the traffic programs failed: their one line says it all
+        report.longrepr = f"{item.nodeid}: {call.excinfo.value}"
     hs = _hw(item.config)
     cs = getattr(item, "callspec", None)
     pname = cs.params.get("hw_pair") if cs else None

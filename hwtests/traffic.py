@@ -35,6 +35,7 @@ import platform
 import posixpath
 import secrets
 import shlex
+import signal
 import shutil
 import statistics
 import tempfile
@@ -361,13 +362,26 @@ def parse_ready(stdout: str) -> dict[str, Any] | None:
     return None
 
 
+def status_text(status: int | None) -> str:
+    """'exit 1', or 'killed by SIGKILL (exit 137)' for a process a signal ended (shell: 128+N)."""
+    if status is None:
+        return "no exit status"
+    sig = -status if status < 0 else status - 128 if 128 < status <= 128 + 64 else 0
+    if sig:
+        try:
+            return f"killed by {signal.Signals(sig).name} (exit {status})"
+        except ValueError:
+            pass
+    return f"exit {status}"
+
+
 def _fail(host: str, role: str, status: int, stdout: str, stderr: str, what: str = "") -> TrafficError:
     summ = parse_summary(stdout)
     detail = ""
     if summ and summ.get("errors"):
         detail = "; ".join(str(e) for e in summ["errors"][:3])
     tail = _tail(stderr) or _tail(stdout)
-    msg = f"{host}: hwt_{role} {what or 'failed'} (exit {status})"
+    msg = f"{host}: hwt_{role} {what or 'failed'} ({status_text(status)})"
     if detail:
         msg += f": {detail}"
     elif tail:
@@ -499,6 +513,11 @@ def run_pair(rx_t: Transport, tx_t: Transport, rx_addr: str, mode_rx: str = "tcp
     rx_sum = parse_summary(rxr.stdout)
     tx_sum = parse_summary(txr.stdout)
     if check:
+        if txr.exit_status != EXIT_OK and (rxr.exit_status or 0) not in range(0, 129):
+            # the receiver was killed (a signal) or crashed: that is the cause, the sender saw only the reset
+            err = _fail(rx_t.name, "rx", rxr.exit_status, rxr.stdout, rxr.stderr)
+            raise TrafficError(f"{err}; meanwhile {tx_t.name}: hwt_tx {status_text(txr.exit_status)}: "
+                               f"{_tail(txr.stderr, 1) or _tail(txr.stdout, 1)}")
         if txr.exit_status != EXIT_OK:
             raise _fail(tx_t.name, "tx", txr.exit_status, txr.stdout, txr.stderr)
         if rxr.exit_status not in (EXIT_OK, EXIT_MISMATCH):

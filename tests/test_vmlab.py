@@ -387,3 +387,53 @@ def test_up_retries_when_the_ssh_port_is_taken(tmp_path, lab_releases, monkeypat
     finally:
         labvm.down(state)
         squatter.close()
+
+
+def _on(lab: Lab, name: str, series: str) -> None:
+    """Make sure VM `name` runs the kernel of `series` (switching if needed)."""
+    from hwtests import kswitch
+
+    if labvm.series_of(lab.run(name, "uname -r", timeout=20).stdout.strip()) != series:
+        kswitch.switch(lab.inv, lab.host(name), lab.label_of(series), timeout=300)
+
+
+@pytest.mark.vmlab
+def test_devmem_and_zcrx_refusals_of_real_kernels(vm_lab, lab_releases):
+    """On 6.12 a real udmabuf is created and bind-rx reaches the kernel, which refuses it on the
+    virtual NIC; io_uring zcrx is not in 6.12 at all. On 6.1 there is no udmabuf. Each refusal is
+    reported as `unsupported` with the step and the kernel's errno, never as a crash."""
+    import errno
+
+    from hwtests import traffic
+
+    rels = {labvm.series_of(r) for r in lab_releases}
+    if not {"6.1", "6.12"} <= rels:
+        pytest.skip("needs a 6.1 and a 6.12 kernel")
+    host = vm_lab.host("vm-a")
+    ifname = next(iter(host.nics.values())).ifname
+    for series in ("6.12", "6.1"):
+        _on(vm_lab, "vm-a", series)
+        t = vm_lab.t("vm-a")
+        try:
+            bins = traffic.build(t)
+            with pytest.raises(traffic.Unsupported) as ei:
+                traffic.bind_check(t, "devmem", ifname, bins=bins)
+            u = ei.value
+            if series == "6.12":
+                # the udmabuf was made for real: the refusal comes from the kernel's netdev bind-rx
+                assert u.step == "bind-rx", (u.step, u.reason)
+                assert u.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENODEV, errno.ERANGE), u.reason
+                assert u.reason.startswith("bind-rx: "), u.reason
+            else:
+                assert u.step.startswith("udmabuf"), (u.step, u.reason)
+                assert u.errno == errno.ENOENT, u.reason
+            with pytest.raises(traffic.Unsupported) as ei:
+                traffic.bind_check(t, "zcrx", ifname, bins=bins)
+            z = ei.value
+            # 6.1 and 6.12 predate zcrx: the kernel answers the registration with an errno
+            assert z.step.startswith(("zcrx", "io_uring")), (z.step, z.reason)
+            assert z.errno in (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS), z.reason
+            print(f"{series}: devmem -> {u.reason}; zcrx -> {z.reason}")
+        finally:
+            t.close()
+    _on(vm_lab, "vm-a", "6.12")

@@ -27,8 +27,10 @@ import datetime as _dt
 import fnmatch
 import json
 import os
+import random
 import re
 import sqlite3
+import time
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -234,7 +236,17 @@ class SQLiteDialect(Dialect):
         conn = sqlite3.connect(str(self.path), timeout=BUSY_TIMEOUT_S, isolation_level=None,
                                check_same_thread=False)
         conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        # Switching a new file to WAL needs a moment alone with it and does not wait on the
+        # busy handler: xdist workers opening one new store at once would see "locked".
+        deadline = time.monotonic() + BUSY_TIMEOUT_S
+        while True:
+            try:
+                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02 + random.random() * 0.05)
         if str(mode).lower() != "wal":     # e.g. a file system without shared memory: stay safe anyway
             conn.execute("PRAGMA journal_mode = DELETE")
         conn.execute("PRAGMA synchronous = NORMAL")   # WAL + NORMAL: a killed process loses no commit

@@ -85,6 +85,8 @@ def test_data_link_down_mid_transfer_fails_clearly(pair2):
     finally:
         timer.join()
         rx.run(["ip", "link", "set", "dev", ifname, "up"], timeout=10)
+        if nic.ipv6:   # the kernel drops IPv6 addresses on link down (keep_addr_on_down=0): put it back
+            rx.run(["ip", "-6", "addr", "replace", nic.ipv6, "dev", ifname, "nodad"], timeout=10)
     took = time.monotonic() - t0
     msg = str(ei.value)
     assert "\n" not in msg and ("hwt_rx" in msg or "hwt_tx" in msg), msg
@@ -93,9 +95,10 @@ def test_data_link_down_mid_transfer_fails_clearly(pair2):
     assert _pids(rx, "hwt_rx") == [] and _pids(tx, "hwt_tx") == []
     # the link works again for whoever comes next
     deadline = time.monotonic() + 20
-    while not tx.run(["ping", "-c", "1", "-W", "1", nic.addr], check=False, timeout=10).ok:
-        assert time.monotonic() < deadline, "data link did not come back"
-        time.sleep(0.5)
+    for addr in [nic.addr] + ([nic.ipv6.split("/")[0]] if nic.ipv6 else []):
+        while not tx.run(["ping", "-c", "1", "-W", "1", addr], check=False, timeout=10).ok:
+            assert time.monotonic() < deadline, f"data link did not come back for {addr}"
+            time.sleep(0.5)
 
 
 def _sshd_pids_in(ns: str) -> list[int]:

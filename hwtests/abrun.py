@@ -81,7 +81,8 @@ def run(args: argparse.Namespace) -> int:
         from . import plugin
         plugin.last_exit_set = None
         rc = int(pytest.main(runner.pytest_args(ns)))
-        if rc == int(pytest.ExitCode.INTERRUPTED) and plugin.last_exit_set != rc:   # Ctrl-C / SIGTERM: stop here, the hosts are restored
+        # Ctrl-C / SIGTERM: stop here (the hosts were restored); no comparison of half a plan
+        if rc == int(pytest.ExitCode.INTERRUPTED) and plugin.last_exit_set != rc:
             say(f"hwtests ab: interrupted during boot {i}/{len(plan)} ({label}); no comparison made")
             return EXIT_INTERRUPTED
         if rc not in (0, 5):      # 5: nothing collected under -k; not a failure of the builds

@@ -26,6 +26,8 @@ from .errors import HwtestsError, InfraError
 Command = str | Sequence[str]
 
 DEFAULT_TIMEOUT = 60.0
+RUN_ENV = "HWTESTS_RUN"       # every command a transport runs carries this run's token in its environment
+TMP_PARENT = "/tmp"
 
 # paramiko's reader thread logs a traceback when a host drops the connection (a VM
 # rebooting, a killed sshd); we report that ourselves in one line. The handler keeps
@@ -57,6 +59,21 @@ class CommandTimeout(RemoteError):
 
 def _short(cmd: str, n: int = 120) -> str:
     return cmd if len(cmd) <= n else cmd[: n - 3] + "..."
+
+
+def leftover_cleanup(token: str, tmpdir: str) -> str:
+    """Shell code that ends every process of the run `token` and removes its temp dir.
+
+    A run's commands, and whatever they started, carry `HWTESTS_RUN=<token>` in their
+    environment (the kernel keeps a process's initial environment in /proc/PID/environ),
+    so this finds them wherever they are: background jobs, their children, a foreground
+    command whose SSH channel died with the controller. Two passes catch a fork
+    in between. The token is random per transport, so nothing else matches.
+    """
+    var = shlex.quote(f"{RUN_ENV}={token}")
+    return (f"for _ in 1 2; do for f in $(grep -lsxzF {var} /proc/[0-9]*/environ 2>/dev/null); do "
+            f'p=${{f#/proc/}}; kill -KILL "${{p%/environ}}" 2>/dev/null; done; done; '
+            f"rm -rf --one-file-system {shlex.quote(tmpdir)}")
 
 
 def quote_cmd(cmd: Command) -> str:
@@ -143,6 +160,11 @@ class Transport:
         self._tmpdir: str | None = None
         self._bg: list[Background] = []
         self._lock = threading.Lock()
+        self.run_token = secrets.token_hex(8)
+        # Told before the temp dir is made and after it is removed (the host's restore
+        # journal sets itself here), so a run the controller never finished is cleaned
+        # up by the next one: `tracker.tmpdir_made(t, path, undo)`, `tracker.tmpdir_removed(t, path)`.
+        self.tracker = None
 
     # -- commands -----------------------------------------------------------
     def run(self, cmd: Command, *, timeout: float | None = None, check: bool = True,
@@ -178,12 +200,33 @@ class Transport:
     # -- files --------------------------------------------------------------
     @property
     def tmpdir(self) -> str:
-        """A private (0700) temp dir for this run, removed by `close()`."""
+        """A private (0700) temp dir for this run, removed by `close()`.
+
+        Its name is chosen here so the tracker (the host's journal) can note it, with
+        the run's token, before it exists; `mkdir` fails on an existing name or link.
+        """
         if self._tmpdir is None:
-            r = self.run("mktemp -d /tmp/hwtests.XXXXXXXX", timeout=15)
-            self._tmpdir = r.stdout.strip()
-            self.run(["chmod", "700", self._tmpdir], timeout=15)
+            alphabet = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+            for _ in range(5):
+                path = posixpath.join(TMP_PARENT, "hwtests." + "".join(secrets.choice(alphabet) for _ in range(8)))
+                self._track("tmpdir_made", path, leftover_cleanup(self.run_token, path))
+                r = self.run(["mkdir", "-m", "700", path], timeout=15, check=False)
+                if r.ok:
+                    self._tmpdir = path
+                    break
+                self._track("tmpdir_removed", path)
+            else:
+                raise CommandFailed(self.name, r)
         return self._tmpdir
+
+    def _track(self, event: str, *args) -> None:
+        tracker = self.tracker
+        if tracker is None:
+            return
+        try:
+            getattr(tracker, event)(self, *args)
+        except HwtestsError:
+            pass       # a host whose journal cannot be written (no root) still runs; it is just not tracked
 
     def upload(self, local_path: str | os.PathLike, remote_name: str | None = None, mode: int = 0o644) -> str:
         """Copy a local file into the run's temp dir; return its remote path."""
@@ -216,9 +259,11 @@ class Transport:
                 pass
         if self._tmpdir is not None:
             try:
-                self.run(["rm", "-rf", "--one-file-system", self._tmpdir], check=False, timeout=15)
+                r = self.run(["rm", "-rf", "--one-file-system", self._tmpdir], check=False, timeout=15)
             except HwtestsError:
-                pass
+                return      # unreachable: the journal keeps it for the next run
+            if r.ok:
+                self._track("tmpdir_removed", self._tmpdir)
             self._tmpdir = None
 
     def close(self) -> None:
@@ -237,7 +282,8 @@ class LocalTransport(Transport):
     def _exec(self, line: str, timeout: float, input: bytes | None) -> CmdResult:
         t0 = time.monotonic()
         proc = subprocess.Popen(["sh", "-c", line], stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                                env=dict(os.environ, **{RUN_ENV: self.run_token}))
         try:
             out, err = proc.communicate(input, timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -247,6 +293,12 @@ class LocalTransport(Transport):
                 pass
             proc.communicate()
             raise CommandTimeout(self.name, line, timeout) from None
+        except BaseException:         # Ctrl-C / SIGTERM while waiting: do not leave it running
+            try:
+                os.killpg(proc.pid, 9)
+            except ProcessLookupError:
+                pass
+            raise
         return CmdResult(line, proc.returncode, out.decode(errors="replace"), err.decode(errors="replace"),
                          time.monotonic() - t0)
 
@@ -284,6 +336,8 @@ class SSHTransport(Transport):
         self.jump = jump
         self._client = None
         self._sftp = None
+        self._refused: HostKeyError | None = None
+        self._lost = False
         self._conn_lock = threading.Lock()
 
     # -- connection ---------------------------------------------------------
@@ -298,7 +352,10 @@ class SSHTransport(Transport):
             return paramiko.ProxyCommand(cfg.proxy_command)
         if cfg.netns:
             from .netns import connect_in_netns
-            return nodelay(connect_in_netns(cfg.netns, cfg.host, cfg.port, self.connect_timeout))
+            try:
+                return nodelay(connect_in_netns(cfg.netns, cfg.host, cfg.port, self.connect_timeout))
+            except HwtestsError as exc:
+                raise RemoteError(f"{self.name}: cannot connect to {exc}") from None
         try:
             s = socket.create_connection((cfg.host, cfg.port), timeout=self.connect_timeout)
         except OSError as exc:
@@ -307,11 +364,28 @@ class SSHTransport(Transport):
 
     def client(self):
         with self._conn_lock:
+            if self._refused is not None:      # a refused host key stays refused: never try again
+                raise self._refused
             if self._client is not None and self._client.get_transport() is not None \
                     and self._client.get_transport().is_active():
                 return self._client
-            self._client = self._connect()
+            if self._client is not None:
+                self._lost = True             # we had a connection and it died
+                _close(self._client)
+                self._client = None
             self._sftp = None
+            try:
+                self._client = self._connect()
+            except HostKeyError as exc:
+                self._refused = exc
+                raise
+            except RemoteError as exc:
+                if not self._lost:
+                    raise
+                why = str(exc).removeprefix(f"{self.name}: ")
+                raise RemoteError(f"{self.name}: SSH connection lost (sshd gone or host down), "
+                                  f"reconnecting failed: {why}") from None
+            self._lost = False
             return self._client
 
     def _connect(self):
@@ -356,7 +430,7 @@ class SSHTransport(Transport):
             chan = tr.open_session(timeout=self.connect_timeout)
             # The first stdout line is the pid (= process group: sshd makes each
             # session a new session) so a timed-out command can be killed.
-            chan.exec_command(f"echo $$; exec sh -c {shlex.quote(line)}")
+            chan.exec_command(f"echo $$; {RUN_ENV}={self.run_token}; export {RUN_ENV}; exec sh -c {shlex.quote(line)}")
         except (OSError, EOFError) as exc:
             raise RemoteError(f"{self.name}: connection lost: {exc}") from None
         except Exception as exc:  # paramiko.SSHException and friends
@@ -369,36 +443,37 @@ class SSHTransport(Transport):
         out, err = bytearray(), bytearray()
         deadline = t0 + timeout
         chan.settimeout(0.2)
-        while True:
-            got = False
-            while chan.recv_ready():
-                out += chan.recv(65536)
-                got = True
-            while chan.recv_stderr_ready():
-                err += chan.recv_stderr(65536)
-                got = True
-            if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
-                break
-            if chan.closed or not tr.is_active():
-                break
-            if time.monotonic() > deadline:
-                pid = bytes(out).split(b"\n", 1)[0].strip()
-                chan.close()
-                if pid.isdigit():
+        try:
+            while True:
+                got = False
+                while chan.recv_ready():
+                    out += chan.recv(65536)
+                    got = True
+                while chan.recv_stderr_ready():
+                    err += chan.recv_stderr(65536)
+                    got = True
+                if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
+                    break
+                if chan.closed or not tr.is_active():
+                    break
+                if time.monotonic() > deadline:
+                    chan.close()
+                    if not self._kill_remote(out):
+                        self._drop_client()     # the connection hangs: the next command reconnects
+                    raise CommandTimeout(self.name, line, timeout)
+                if not got:
                     try:
-                        self._exec(f"kill -KILL -{int(pid)} 2>/dev/null; true", 10, None)
-                    except RemoteError:
+                        data = chan.recv(65536)
+                        if data:
+                            out += data
+                    except socket.timeout:
                         pass
-                raise CommandTimeout(self.name, line, timeout)
-            if not got:
-                try:
-                    data = chan.recv(65536)
-                    if data:
-                        out += data
-                    elif chan.exit_status_ready():
-                        pass
-                except socket.timeout:
-                    pass
+        except (KeyboardInterrupt, SystemExit):
+            # Ctrl-C or SIGTERM while the command runs: end it on the host before unwinding,
+            # or it would go on after the controller has gone.
+            chan.close()
+            self._kill_remote(out)
+            raise
         if not tr.is_active() and not chan.exit_status_ready():
             raise RemoteError(f"{self.name}: connection lost while running `{_short(line)}`")
         status = chan.recv_exit_status()
@@ -407,10 +482,33 @@ class SSHTransport(Transport):
         return CmdResult(line, status if status is not None else -1, rest.decode(errors="replace"),
                          bytes(err).decode(errors="replace"), time.monotonic() - t0)
 
+    def _kill_remote(self, out: bytearray) -> bool:
+        """Kill the process group whose id the command printed first; False if the host did not answer."""
+        pid = bytes(out).split(b"\n", 1)[0].strip()
+        if not pid.isdigit():
+            return True
+        try:
+            self._exec(f"kill -KILL -{int(pid)} 2>/dev/null; true", 10, None)
+        except RemoteError:
+            return False
+        return True
+
+    def _drop_client(self) -> None:
+        with self._conn_lock:
+            c, self._client, self._sftp = self._client, None, None
+            self._lost = True
+        if c is not None:
+            try:
+                c.close()
+            except Exception:
+                pass
+
     # -- files --------------------------------------------------------------
     def sftp(self):
         if self._sftp is None:
             self._sftp = self.client().open_sftp()
+            # a host that stops answering makes a file transfer fail instead of hang
+            self._sftp.get_channel().settimeout(max(self.default_timeout, 30.0))
         return self._sftp
 
     def write_file(self, path: str, data: bytes, mode: int = 0o644) -> None:

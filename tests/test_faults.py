@@ -7,12 +7,18 @@ names the host and the cause, and that the run ends within a bound.
 
 from __future__ import annotations
 
+import os
+import re
+import signal
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
-from hwtests import hostconn, inventory, traffic
+from hwtests import hostconn, inventory, journal, traffic
 from hwtests.traffic import TrafficError
 
 pytestmark = pytest.mark.lab
@@ -103,76 +109,278 @@ def test_data_link_down_mid_transfer_fails_clearly(pair2):
 
 def _sshd_pids_in(ns: str) -> list[int]:
     """sshd processes (listener and sessions) living in lab namespace `ns`: all ours."""
-    import subprocess
+    return [pid for pid, comm, _ in _ns_procs(ns) if comm.startswith("sshd")]
 
-    pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True, timeout=10).stdout.split()
-    out = []
-    for p in pids:
-        try:
-            with open(f"/proc/{p}/comm") as f:
-                if f.read().strip().startswith("sshd"):
-                    out.append(int(p))
-        except OSError:
-            pass
-    return out
+
+def _journal_file(ns: str, host: str) -> Path:
+    """Where `hwtests.journal` keeps the journal of lab host `host` (hostname + netns inode)."""
+    return Path(journal.JOURNAL_DIR) / f"journal.{host}.{os.stat(f'/run/netns/{ns}').st_ino}.jsonl"
+
+
+def _journal_entries(ns: str, host: str) -> list:
+    f = _journal_file(ns, host)
+    return journal.parse(f.read_text()) if f.exists() else []
 
 
 def test_sshd_killed_mid_test(tmp_path):
-    """One host loses its sshd mid-run: its tests error naming it, the other pair goes on, results stay."""
-    import os
-    import signal
-    import subprocess
+    """One host loses its sshd mid-run: its test errors naming it, the other pair goes on, results stay.
 
-    from conftest import run_cli  # noqa: F401  (same environment as the other CLI tests)
+    Own lab (a1 cannot be used afterwards). pair1's tcp test finishes and is stored; a1's
+    sshd (listener and sessions) is killed while pair1's zerocopy transfer runs; pair2 runs
+    after it. What a1's run left (its temp dir, its receiver) is named in a1's journal, so
+    the next run that reaches a1 removes it: done here as that run would.
+    """
     from hwtests import labnetns
     from hwtests.store import Store
 
     state = tmp_path / "lab"
     inv_path = labnetns.up(state, pairs=2)
+    st = labnetns.load_state(state)
+    hosts = [h for pair in labnetns.host_names(2) for h in pair]
+    ns = {h: f"{st.prefix}-{h}" for h in hosts}
     try:
-        st = labnetns.load_state(state)
-        ns_a1 = f"{st.prefix}-a1"
         db = tmp_path / "r.db"
         env = dict(os.environ, HWTESTS_LINERATE_DURATION="3", HWTESTS_LINERATE_REPEAT="2",
                    HWTESTS_LINERATE_WARMUP="1", HWTESTS_LINERATE_COOLDOWN="0")
-        exe = os.path.join(os.path.dirname(os.sys.executable), "hwtests")
-        # pair2 first, then pair1: pair1's host a1 loses sshd while its test runs
-        proc = subprocess.Popen([exe, "run", "--inventory", str(inv_path), "--kernel-build", "k", "--db", str(db),
-                                 "-k", "linerate and tcp", "-rA", "-p", "no:cacheprovider", "--pair", "pair2",
-                                 "--pair", "pair1"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, start_new_session=True)
+        exe = Path(sys.executable).with_name("hwtests")
+        proc = subprocess.Popen([str(exe), "run", "--inventory", str(inv_path), "--kernel-build", "k", "--db", str(db),
+                                 "-k", "linerate and (tcp or zerocopy)", "-rA", "-p", "no:cacheprovider"],
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=True)
         t0 = time.monotonic()
-        killed = []
+        killed: list[int] = []
         try:
-            # wait until a1 has a session (pair1 started), then kill every sshd in its namespace
+            # pair1-tcp passes first; once pair1's zerocopy sender runs, a1 loses every sshd
             while time.monotonic() - t0 < 240 and proc.poll() is None:
-                pids = _sshd_pids_in(ns_a1)
-                if len(pids) > 1:       # the listener plus at least one session
-                    time.sleep(1.0)
-                    for pid in _sshd_pids_in(ns_a1):
+                if any(comm == "hwt_tx" and "zerocopy" in cmd for _, comm, cmd in _ns_procs(ns["b1"])):
+                    for pid in _sshd_pids_in(ns["a1"]):
                         os.kill(pid, signal.SIGKILL)
                         killed.append(pid)
+                    t_kill = time.monotonic()
                     break
-                time.sleep(0.2)
+                time.sleep(0.1)
             out, _ = proc.communicate(timeout=300)
         finally:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(30)
         took = time.monotonic() - t0
-        assert killed, "pair1 never connected to a1"
+        assert len(killed) >= 2, f"pair1's zerocopy test never ran with a1 connected:\n{out[-3000:]}"
+        after_kill = time.monotonic() - t_kill
+        lines = [ln for ln in out.splitlines() if "a1: " in ln and "connection lost" in ln]
+        print(f"run ended {after_kill:.1f} s after the kill ({took:.1f} s in all), exit {proc.returncode}:\n"
+              + "\n".join(lines))
         assert proc.returncode == 1, out[-3000:]
         assert "Traceback" not in out, out[-4000:]
-        lines = [ln for ln in out.splitlines() if "a1" in ln and ("connection lost" in ln or "cannot" in ln
-                                                                  or "ssh" in ln)]
-        assert lines, out[-3000:]
-        print("\n".join(lines[:4]))
-        assert took < 240, took
-        oc = Store.open(str(db)).outcomes(labels=["k"])
+        assert any(ln.startswith("FAILED ") and "[pair1-zerocopy]" in ln for ln in lines), out[-3000:]
+        assert after_kill < 120, after_kill        # the transfer is 3 s: no waiting out a long timeout
+        store = Store.open(str(db))
+        oc = store.outcomes(labels=["k"])
         by = {(r.pair, r.test): r.outcome for r in oc.itertuples()}
-        assert by[("pair2", "linerate/tcp")] == "passed", by
-        assert by.get(("pair1", "linerate/tcp")) in ("failed", None), by
-        samples = Store.open(str(db)).samples(labels=["k"])
-        assert set(samples[samples["metric"] == "gbps"]["pair"]) >= {"pair2"}     # finished results kept
+        assert by == {("pair1", "linerate/tcp"): "passed", ("pair1", "linerate/zerocopy"): "failed",
+                      ("pair2", "linerate/tcp"): "passed", ("pair2", "linerate/zerocopy"): "passed"}, by
+        gbps = store.samples(labels=["k"], metric="gbps")
+        got = {(r.pair, r.test) for r in gbps.itertuples()}
+        # pair1's tcp result, taken before the fault, is kept; pair2 went on
+        assert got == {("pair1", "linerate/tcp"), ("pair2", "linerate/tcp"), ("pair2", "linerate/zerocopy")}, got
+        assert len(gbps) == 6
+        # a1's run could not clean up: its journal says what to remove; the others' journals are clean
+        left = [e for e in _journal_entries(ns["a1"], "a1") if e.kind == "run"]
+        assert len(left) == 1, _journal_entries(ns["a1"], "a1")
+        tmp_a1 = TMPDIR_RE.search(left[0].undo).group(0)
+        assert os.path.isdir(tmp_a1)
+        for h in ("b1", "a2", "b2"):
+            assert _journal_entries(ns[h], h) == [], h
+        # what the next run that reaches a1 does first (its sshd is gone, so do it from here)
+        subprocess.run(["ip", "netns", "exec", ns["a1"], "sh", "-c", left[0].undo], timeout=60, check=True)
+        assert not os.path.exists(tmp_a1)
+        assert _ns_procs(ns["a1"]) == [], "processes of the interrupted run are still on a1"
     finally:
+        for h in hosts:
+            try:
+                _journal_file(ns[h], h).unlink(missing_ok=True)    # its namespace goes away with the lab
+            except OSError:
+                pass
         labnetns.down(state)
+
+
+# -- the controller is signalled during `hwtests run` ------------------------------------------
+
+BUSY_TEST = '''
+"""A test that does what the suite does: a journaled NIC change, a background CPU sampler, traffic."""
+import os
+
+from hwtests import cpustat, nicsetup, traffic
+
+
+def test_busy(hw_pair):
+    rx, tx = hw_pair.rx, hw_pair.tx
+    mode = os.environ["HWT_MODE"]
+    with open(os.environ["HWT_NOTES"], "a") as f:
+        f.write(f"{mode} gro={nicsetup.read_features(rx)['generic-receive-offload'][0]}\\n")
+    if mode != "busy":
+        return
+    nicsetup.set_feature(rx, "gro", True)
+    bins = traffic.build(rx.t), traffic.build(tx.t)
+    sampler = cpustat.CpuSampler(tx.t, interval=0.5, max_seconds=120, name="cpustat-tx").start()
+    try:
+        traffic.run_pair(rx.t, tx.t, rx.addr, "tcp", "tcp", duration=60, rx_bins=bins[0], tx_bins=bins[1])
+    finally:
+        sampler.stop()
+'''
+
+TMPDIR_RE = re.compile(r"/tmp/hwtests\.[A-Za-z0-9]{8}")
+
+
+def _ns_procs(ns: str) -> list[tuple[int, str, str]]:
+    """(pid, comm, command line) of every process in lab namespace `ns`, seen from here (no SSH)."""
+    pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True, timeout=10).stdout.split()
+    out = []
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/comm") as f:
+                comm = f.read().strip()
+            with open(f"/proc/{p}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            continue
+        out.append((int(p), comm, cmd))
+    return out
+
+
+def _not_sshd(ns: str) -> list[tuple[int, str, str]]:
+    """What runs in the namespace besides its sshd (listener and the sessions of live connections)."""
+    return [p for p in _ns_procs(ns) if not p[1].startswith("sshd")]
+
+
+def _host_tmpdirs() -> set[str]:
+    return {str(p) for p in Path("/tmp").glob("hwtests.*") if TMPDIR_RE.fullmatch(str(p))}
+
+
+@pytest.fixture
+def ctl_env(inv, netns_lab, tmp_path):
+    """pair2's namespaces, a test file to run, and GRO on a2 checked off before and after."""
+    p = inv.pairs["pair2"]
+    hosts = {role: inv.hosts[side.host] for role, side in (("rx", p.rx), ("tx", p.tx))}
+    rx = hostconn.connect(hosts["rx"], inv.defaults, inv)
+    test_file = tmp_path / "test_busy.py"
+    test_file.write_text(BUSY_TEST)
+    env = {"inv": str(netns_lab), "file": test_file, "notes": tmp_path / "notes.txt", "db": tmp_path / "r.db",
+           "rx": rx, "rx_name": hosts["rx"].name, "ifname": hosts["rx"].nics[p.rx.nic].ifname,
+           "ns": [h.ssh.netns for h in hosts.values()]}
+    assert not _gro_on(rx, env["ifname"]), "a2 should start with GRO off"
+    assert journal.Journal(rx).pending() == [], "a2 has journal entries before the test"
+    assert not [p for ns in env["ns"] for p in _not_sshd(ns)], "pair2's hosts run something before the test"
+    yield env
+    # never hand the lab on changed, whatever happened above
+    journal.Journal(rx).restore()
+    if _gro_on(rx, env["ifname"]):
+        rx.run(["ethtool", "-K", env["ifname"], "gro", "off"], check=False, timeout=15)
+    for ns in env["ns"]:
+        for pid, comm, _ in _not_sshd(ns):
+            if comm.startswith("hwt_") or comm in ("sh", "sleep"):
+                os.kill(pid, signal.SIGKILL)
+    rx.close()
+
+
+def _gro_on(t, ifname: str) -> bool:
+    return "generic-receive-offload: on" in t.run(["ethtool", "-k", ifname], timeout=15).stdout
+
+
+def _start_ctl(env, mode: str) -> subprocess.Popen:
+    exe = Path(sys.executable).with_name("hwtests")
+    cmd = [str(exe), "run", "--inventory", env["inv"], "--kernel-build", "faults-ctl", "--pair", "pair2",
+           "--db", str(env["db"]), str(env["file"]), "-k", "test_busy", "-p", "no:cacheprovider", "-q", "-s"]
+    e = dict(os.environ, HWT_NOTES=str(env["notes"]), HWT_MODE=mode, PYTHONUNBUFFERED="1")
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=e,
+                            start_new_session=True)
+
+
+def _wait_traffic(env, proc: subprocess.Popen, timeout: float = 90.0) -> set[str]:
+    """Wait until both traffic programs run; return the run's temp dirs seen on pair2's hosts."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"the run ended (rc {proc.returncode}) before its traffic started:\n{proc.stdout.read()}")
+        procs = [p for ns in env["ns"] for p in _ns_procs(ns)]
+        comms = {p[1] for p in procs}
+        if {"hwt_rx", "hwt_tx"} <= comms:
+            assert _gro_on(env["rx"], env["ifname"])
+            return {m for p in procs for m in TMPDIR_RE.findall(p[2])}
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)
+    pytest.fail(f"no traffic within {timeout:g} s:\n{proc.communicate(timeout=30)[0]}")
+
+
+def _finish_ctl(proc: subprocess.Popen, timeout: float = 90.0) -> str:
+    try:
+        return proc.communicate(timeout=timeout)[0]
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out = proc.communicate(timeout=30)[0]
+        pytest.fail(f"the run did not exit within {timeout:g} s of the signal:\n{out}")
+
+
+def _left_behind(env, tmpdirs: set[str], within: float = 10.0) -> tuple[list, set[str]]:
+    """Processes (besides sshd) still in pair2's namespaces and temp dirs still there, after a short grace
+    for processes that are already dying (a killed process group takes a moment to be reaped)."""
+    deadline = time.monotonic() + within
+    while True:
+        procs = [p for ns in env["ns"] for p in _not_sshd(ns)]
+        dirs = {d for d in tmpdirs if os.path.exists(d)}
+        if (not procs and not dirs) or time.monotonic() > deadline:
+            return procs, dirs
+        time.sleep(0.2)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_controller_signal_mid_transfer_cleans_up(ctl_env, sig):
+    env = ctl_env
+    proc = _start_ctl(env, "busy")
+    tmpdirs = _wait_traffic(env, proc)
+    assert len(tmpdirs) == 2, f"expected a temp dir on each of pair2's hosts, saw {tmpdirs}"
+    t0 = time.monotonic()
+    if sig == signal.SIGINT:
+        os.killpg(proc.pid, sig)       # Ctrl-C reaches the whole foreground group
+    else:
+        os.kill(proc.pid, sig)         # a CI runner's timeout signals the process
+    out = _finish_ctl(proc)
+    took = time.monotonic() - t0
+    print(f"{sig.name}: exit {proc.returncode} after {took:.1f} s; last lines:\n" + "\n".join(out.splitlines()[-4:]))
+    assert proc.returncode == 130, out[-3000:]
+    assert took < 60, took            # not waiting for the 60 s transfer to end
+    assert "Traceback" not in out, out[-4000:]
+    procs, dirs = _left_behind(env, tmpdirs)
+    assert not procs, f"left running after {sig.name}: {procs}"
+    assert not dirs, f"temp dirs left after {sig.name}: {dirs}"
+    assert not _gro_on(env["rx"], env["ifname"]), f"GRO still on after {sig.name}"
+    assert journal.Journal(env["rx"]).pending() == []
+
+
+def test_controller_sigkill_next_run_cleans_up(ctl_env):
+    env = ctl_env
+    proc = _start_ctl(env, "busy")
+    tmpdirs = _wait_traffic(env, proc)
+    assert len(tmpdirs) == 2, f"expected a temp dir on each of pair2's hosts, saw {tmpdirs}"
+    os.killpg(proc.pid, signal.SIGKILL)
+    _finish_ctl(proc, 30)
+    assert proc.returncode == -signal.SIGKILL
+    # nobody cleaned up: the setting is still changed and the run's temp dirs are still there
+    assert _gro_on(env["rx"], env["ifname"])
+    assert {d for d in tmpdirs if os.path.exists(d)} == tmpdirs
+    t0 = time.monotonic()
+    proc = _start_ctl(env, "check")
+    out = _finish_ctl(proc)
+    took = time.monotonic() - t0
+    restored = [ln for ln in out.splitlines() if "left by an earlier run" in ln]
+    print(f"next run: exit {proc.returncode} after {took:.1f} s:\n" + "\n".join(restored))
+    assert proc.returncode == 0, out[-3000:]
+    assert any(ln.startswith(f"hwtests: {env['rx_name']}: restored ") and "ethtool -K gro on" in ln
+               for ln in restored), out[-3000:]
+    # the next run's test saw the host as it was before the killed run
+    assert env["notes"].read_text().splitlines() == ["busy gro=False", "check gro=False"]
+    procs, dirs = _left_behind(env, tmpdirs)
+    assert not procs, f"left running after the next run: {procs}"
+    assert not dirs, f"temp dirs of the killed run left after the next run: {dirs}"
+    assert not _gro_on(env["rx"], env["ifname"])
+    assert journal.Journal(env["rx"]).pending() == []

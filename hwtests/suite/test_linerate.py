@@ -202,12 +202,19 @@ def test_linerate(request, hw_pair, mode, traffic_bins, hw_record_many):
         for rep in range(cfg["repeat"]):
             srx = cpustat.CpuSampler(rx.t, interval=0.5, max_seconds=cfg["duration"] + 90, name="cpustat-rx").start()
             stx = cpustat.CpuSampler(tx.t, interval=0.5, max_seconds=cfg["duration"] + 90, name="cpustat-tx").start()
+            done = False
             try:
                 res = _run(rx, tx, bins, rx_mode, tx_mode, port, zc, duration=cfg["duration"])
                 t_end = time.time()
+                done = True
             finally:
-                srx.stop()
-                stx.stop()
+                for sampler in (srx, stx):
+                    try:
+                        sampler.stop()
+                    except HwtestsError:
+                        if done:
+                            raise
+                        # the transfer failed already (a host gone, say): that is the error to report
             assert res.mismatches == 0, f"{test}: repetition {rep}: {res.mismatches} payload mismatches"
             steady, gbps, (w0, w1) = steady_window(res.rx.get("samples") or [], float(res.rx.get("seconds") or 0),
                                                    t_end, int(cfg["warmup"]), int(cfg["cooldown"]))

@@ -459,7 +459,83 @@ def run_pair(rx_t: Transport, tx_t: Transport, rx_addr: str, mode_rx: str = "tcp
 
     Raises Unsupported (exit 4 of either side) and, when `check`, TrafficError for any other
     failure (exit 1/2/other, no summary, timeouts). Payload mismatches (exit 3) are returned.
+    A TrafficError names a data link found down on either host (the likely cause).
     """
+    try:
+        return _run_pair(rx_t, tx_t, rx_addr, mode_rx, mode_tx, flows, duration, port, bytes_=bytes_,
+                         rx_bins=rx_bins, tx_bins=tx_bins, ifname=ifname, queue=queue, num_queues=num_queues,
+                         tx_ifname=tx_ifname, rx_args=rx_args, tx_args=tx_args, idle_timeout=idle_timeout,
+                         ready_timeout=ready_timeout, check=check)
+    except TrafficError as exc:
+        note = link_note(rx_t, tx_t, rx_addr)
+        if not note:
+            raise
+        raise TrafficError(f"{exc}; {note}") from None
+
+
+def link_note(rx_t: Transport, tx_t: Transport, rx_addr: str) -> str:
+    """'data link: a2 data0 is DOWN, ...' for data-path links not up on either host; '' if all are
+    up or nothing could be read (best effort: only called once a transfer has failed)."""
+    addr = _addr_arg(rx_addr)
+    bad = []
+    for t, cmd in ((rx_t, "ip -o addr show; echo ---; ip -o link show"),
+                   (tx_t, f"ip route get {shlex.quote(addr)}; echo ---; ip -o link show")):
+        try:
+            r = t.run(cmd, check=False, timeout=10)
+        except HwtestsError:
+            continue
+        top, _, links = r.stdout.partition("\n---\n")
+        dev = addr_ifname(top, addr) if t is rx_t else route_ifname(top)
+        state = link_states(links).get(dev) if dev else None
+        if state and state != "UP":
+            bad.append(f"{t.name} {dev} is {state}")
+    return ("data link: " + ", ".join(bad)) if bad else ""
+
+
+def addr_ifname(ip_addr_o: str, addr: str) -> str | None:
+    """The interface holding `addr`, from `ip -o addr show` (pure)."""
+    for ln in ip_addr_o.splitlines():
+        f = ln.split()
+        if len(f) >= 4 and f[2] in ("inet", "inet6") and f[3].split("/")[0] == addr:
+            return f[1].rstrip(":")
+    return None
+
+
+def route_ifname(ip_route_get: str) -> str | None:
+    """The interface `ip route get ADDR` says the traffic leaves by (pure)."""
+    f = ip_route_get.split()
+    return f[f.index("dev") + 1] if "dev" in f[:-1] else None
+
+
+def link_states(ip_link_o: str) -> dict[str, str]:
+    """ifname -> 'UP', 'DOWN (set down)', 'DOWN (no carrier)'... from `ip -o link show` (pure).
+
+    A link with operstate UNKNOWN (loopback, some virtual devices) counts as up when the
+    interface is administratively up and has carrier.
+    """
+    out = {}
+    for ln in ip_link_o.splitlines():
+        f = ln.split()
+        if len(f) < 3 or not f[0].rstrip(":").isdigit():
+            continue
+        name = f[1].rstrip(":").split("@")[0]
+        flags = f[2].strip("<>").split(",")
+        state = f[f.index("state") + 1] if "state" in f[:-1] else "UNKNOWN"
+        if state == "UNKNOWN" and "UP" in flags and "NO-CARRIER" not in flags:
+            state = "UP"
+        if "UP" not in flags:
+            state += " (set down)"
+        elif "NO-CARRIER" in flags:
+            state += " (no carrier)"
+        out[name] = state
+    return out
+
+
+def _run_pair(rx_t: Transport, tx_t: Transport, rx_addr: str, mode_rx: str, mode_tx: str, flows: int,
+              duration: float, port: int, *, bytes_: int | None, rx_bins: TrafficBinaries | None,
+              tx_bins: TrafficBinaries | None, ifname: str | None, queue: int | None, num_queues: int | None,
+              tx_ifname: str | None, rx_args: Sequence[str], tx_args: Sequence[str],
+              idle_timeout: float | None, ready_timeout: float, check: bool) -> TrafficResult:
     if duration > MAX_DURATION:
         raise ValueError(f"duration {duration} s is longer than {MAX_DURATION:g} s")
     rx_bins = rx_bins or build(rx_t)

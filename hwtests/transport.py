@@ -52,9 +52,10 @@ class CommandFailed(RemoteError):
 
 
 class CommandTimeout(RemoteError):
-    def __init__(self, host: str, cmd: str, timeout: float):
+    def __init__(self, host: str, cmd: str, timeout: float, note: str = ""):
         self.cmd = cmd
-        super().__init__(f"{host}: `{_short(cmd)}` did not finish within {timeout:g} s", exit_code=1)
+        super().__init__(f"{host}: `{_short(cmd)}` did not finish within {timeout:g} s" + (f"; {note}" if note else ""),
+                         exit_code=1)
 
 
 def _short(cmd: str, n: int = 120) -> str:
@@ -415,6 +416,10 @@ class SSHTransport(Transport):
             if "not found in known_hosts" in str(exc):
                 raise HostKeyError(f"{self.name}: host key for {cfg.host}:{cfg.port} is unknown (not in {known}); "
                                    "refusing to connect (set ssh.accept_new_host_key: true to trust it)") from None
+            if any(m in str(exc) for m in ("protocol banner", "No existing session", "Timeout")):
+                # TCP got through but sshd said nothing in time (paramiko words it variously)
+                raise RemoteError(f"{self.name}: not answering: no SSH greeting from {cfg.host}:{cfg.port} within "
+                                  f"{self.connect_timeout:g} s (host hung or overloaded?)") from None
             raise RemoteError(f"{self.name}: ssh {cfg.user}@{cfg.host}:{cfg.port}: {exc}") from None
         except OSError as exc:
             _close(sock)
@@ -436,6 +441,9 @@ class SSHTransport(Transport):
         except Exception as exc:  # paramiko.SSHException and friends
             if isinstance(exc, RemoteError):
                 raise
+            if "Timeout opening channel" in str(exc):
+                raise RemoteError(f"{self.name}: not answering: no SSH channel within {self.connect_timeout:g} s "
+                                  "(host hung or overloaded?)") from None
             raise RemoteError(f"{self.name}: cannot run command: {exc}") from None
         if input is not None:
             chan.sendall(input)
@@ -460,6 +468,7 @@ class SSHTransport(Transport):
                     chan.close()
                     if not self._kill_remote(out):
                         self._drop_client()     # the connection hangs: the next command reconnects
+                        raise CommandTimeout(self.name, line, timeout, "the host does not answer")
                     raise CommandTimeout(self.name, line, timeout)
                 if not got:
                     try:
@@ -485,10 +494,9 @@ class SSHTransport(Transport):
     def _kill_remote(self, out: bytearray) -> bool:
         """Kill the process group whose id the command printed first; False if the host did not answer."""
         pid = bytes(out).split(b"\n", 1)[0].strip()
-        if not pid.isdigit():
-            return True
         try:
-            self._exec(f"kill -KILL -{int(pid)} 2>/dev/null; true", 10, None)
+            # without its pid (the host never said it) this only checks that the host answers
+            self._exec(f"kill -KILL -{int(pid)} 2>/dev/null; true" if pid.isdigit() else "true", 10, None)
         except RemoteError:
             return False
         return True

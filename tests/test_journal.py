@@ -210,3 +210,39 @@ def test_signal_restores_at_exit(crash_env, sig):
     assert proc.returncode == 0, out
     assert "restored" not in out
     assert env["notes"].read_text().splitlines()[-1] == "check start gro=False"
+
+
+def test_parse_keeps_run_entries():
+    rec = json.loads(_do("r1", "temp dir /tmp/hwtests.abcdefgh and the processes of its run", "rm -rf x"))
+    rec.update(kind="run", run="0123abcd")
+    got = journal.parse(json.dumps(rec) + "\n" + _do("2"))
+    assert [(e.id, e.kind, e.run) for e in got] == [("r1", "run", "0123abcd"), ("2", "", "")]
+
+
+@pytest.mark.lab
+def test_run_tracking_own_run_kept_other_run_removed(netns_lab):
+    """A journal tracks its transport's temp dir and processes; its own restore leaves them (the run
+    is live), another transport's restore (the next run after a crash) kills them and removes the dir."""
+    t1 = _lab_host(netns_lab, "b1")
+    j1 = journal.Journal(t1, owner="first")
+    assert t1.tracker is j1
+    t2 = None
+    try:
+        bg = t1.start(["sleep", "61.5"], name="sleeper")
+        tmp = t1.tmpdir
+        assert j1.restore() == []
+        assert bg.alive() and t1.run(["test", "-d", tmp], check=False).ok, "own live run was undone"
+        t2 = _lab_host(netns_lab, "b1")
+        j2 = journal.Journal(t2, owner="second")
+        left = j2.pending()
+        assert [(e.kind, e.run) for e in left] == [("run", t1.run_token)]
+        assert tmp in left[0].desc
+        assert j2.restore() == []
+        assert not t2.run(["test", "-d", tmp], check=False).ok
+        assert not bg.alive(), "the crashed run's process is still running"
+        assert j2.pending() == []
+    finally:
+        t1.close()
+        if t2 is not None:
+            assert journal.Journal(t2).pending() == []      # close marked the (already removed) dir undone
+            t2.close()

@@ -272,3 +272,33 @@ def test_parse_summary_and_ready():
     assert traffic.parse_summary('{"ready": true, "port": 1, "role": "rx"}\n') is None
     assert traffic.parse_summary('{"unsupported": "bind-rx: x", "step": "bind-rx"}')["step"] == "bind-rx"
     assert traffic.parse_summary("{broken\n") is None
+
+
+# -- data-link diagnosis for a failed transfer (pure) ------------------------------------------
+
+IP_LINK_O = (
+    "1: lo: <LOOPBACK,UP,LOWER_UP> mtu 65536 qdisc noqueue state UNKNOWN mode DEFAULT group default qlen 1000\\"
+    "    link/loopback 00:00:00:00:00:00 brd 00:00:00:00:00:00\n"
+    "3: data0@if2: <NO-CARRIER,BROADCAST,MULTICAST,UP,M-DOWN> mtu 1500 qdisc noqueue state LOWERLAYERDOWN "
+    "mode DEFAULT group default qlen 1000\\    link/ether 02:00:00:00:00:01 brd ff:ff:ff:ff:ff:ff\n"
+    "4: eth1: <BROADCAST,MULTICAST> mtu 1500 qdisc mq state DOWN mode DEFAULT group default qlen 1000\\"
+    "    link/ether 02:00:00:00:00:02 brd ff:ff:ff:ff:ff:ff\n"
+    "5: eth2: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 9000 qdisc mq state UP mode DEFAULT qlen 1000\\ link/ether\n")
+
+
+def test_link_states():
+    assert traffic.link_states(IP_LINK_O) == {"lo": "UP", "data0": "LOWERLAYERDOWN (no carrier)",
+                                              "eth1": "DOWN (set down)", "eth2": "UP"}
+    assert traffic.link_states("") == {}
+
+
+def test_addr_and_route_ifname():
+    addrs = ("1: lo    inet 127.0.0.1/8 scope host lo\\       valid_lft forever preferred_lft forever\n"
+             "3: data0    inet 198.51.100.5/30 scope global data0\\       valid_lft forever\n"
+             "3: data0    inet6 fd42:7774:2::1/64 scope global nodad \\       valid_lft forever\n")
+    assert traffic.addr_ifname(addrs, "198.51.100.5") == "data0"
+    assert traffic.addr_ifname(addrs, "fd42:7774:2::1") == "data0"
+    assert traffic.addr_ifname(addrs, "198.51.100.6") is None
+    assert traffic.route_ifname("198.51.100.5 dev data0 src 198.51.100.6 uid 0 \n    cache \n") == "data0"
+    assert traffic.route_ifname("RTNETLINK answers: Network is unreachable") is None
+    assert traffic.route_ifname("x dev") is None

@@ -34,6 +34,7 @@ from .journal import Journal
 from .transport import Transport
 
 _SESSION = pytest.StashKey["HwSession"]()
+INFRA_PROPERTY = "hwtests:unusable"     # user property of a test whose pair could not be set up
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -71,7 +72,8 @@ def pytest_configure(config: pytest.Config) -> None:
     unknown = [p for p in config.getoption("--pair") if p not in inv.pairs]
     if unknown:
         raise pytest.UsageError(f"--pair: unknown pair {unknown[0]!r}; pairs in {path}: {', '.join(inv.pairs) or 'none'}")
-    config.stash[_SESSION] = HwSession(config, inv)
+    hs = config.stash[_SESSION] = HwSession(config, inv)
+    config.pluginmanager.register(hs, "hwtests-session")     # for its report hook
 
 
 def _hw(config: pytest.Config) -> "HwSession | None":
@@ -146,8 +148,14 @@ class HwSession:
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
         self.leases: dict[str, object] = {}
         self.broken: dict[str, str] = {}        # pair -> why it could not be set up
-        self.infra_error: str | None = None
+        self.unusable: dict[str, None] = {}     # the same, as seen in reports (xdist workers' too)
         self._lease_db = None
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        """A pair that could not be set up makes the session's exit 4, also when an xdist worker saw it."""
+        for key, val in report.user_properties:
+            if key == INFRA_PROPERTY:
+                self.unusable.setdefault(str(val), None)
 
     def selected_pairs(self) -> list[str]:
         wanted = self.config.getoption("--pair")
@@ -162,9 +170,13 @@ class HwSession:
             from .hostconn import connect
             t = connect(self.inv.hosts[name], self.inv.defaults, self.inv)
             j = Journal(t, owner=self.owner)
+            try:
+                left = j.pending()          # the first contact (SSH connects lazily)
+            except BaseException:
+                t.close()                   # never reached: nothing to replay or remove at the end
+                raise
             self.transports[name] = t
             self.journals[name] = j
-            left = j.pending()
             if left:
                 errs = j.restore()
                 self.restored[name] = [e.desc for e in left]
@@ -318,18 +330,16 @@ def hw_pair(request: pytest.FixtureRequest) -> PairEnv:
     hs = _hw(request.config)
     if hs is None or request.param is None:
         pytest.skip("no --inventory given")
-    if request.param in hs.broken:      # failed once: do not wait or connect again per test
-        pytest.fail(hs.broken[request.param], pytrace=False)
-    try:
-        return hs.pair_env(request.param)
-    except HwtestsError as exc:
-        from .leases import LeaseBusy
-        msg = f"pair {request.param}: {exc}"
-        hs.broken[request.param] = msg
-        if isinstance(exc, LeaseBusy):   # another controller has the pair: nothing here can run
-            hs.infra_error = msg
-            request.session.shouldstop = msg
-        pytest.fail(msg, pytrace=False)
+    if request.param not in hs.broken:  # failed once: do not wait or connect again per test
+        try:
+            return hs.pair_env(request.param)
+        except HwtestsError as exc:
+            from .leases import LeaseBusy
+            hs.broken[request.param] = f"pair {request.param}: {exc}"
+            if isinstance(exc, LeaseBusy):   # another controller has the pair: nothing here can run
+                request.session.shouldstop = hs.broken[request.param]
+    # failing outside the except block keeps the cause's chain off the report
+    pytest.fail(hs.broken[request.param], pytrace=False)
 
 
 @pytest.fixture(autouse=True)
@@ -412,6 +422,9 @@ def pytest_runtest_makereport(item: pytest.Item, call):
     hs = _hw(item.config)
     cs = getattr(item, "callspec", None)
     pname = cs.params.get("hw_pair") if cs else None
+    if hs is not None and report.when == "setup" and report.failed and pname in hs.broken:
+        # the pair is unusable (exit 4); the report carries it, so an xdist controller learns it too
+        report.user_properties.append((INFRA_PROPERTY, hs.broken[pname]))
     if hs is None or not isinstance(pname, str) or pname not in hs.pairs:
         return report
     if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
@@ -431,8 +444,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         return
     for err in hs.close():
         hs._say(f"hwtests: WARNING: {err}")
-    if hs.infra_error:
-        hs._say(f"hwtests: {hs.infra_error}")
+    for msg in hs.unusable:
+        hs._say(f"hwtests: unusable: {msg}")
+    if hs.unusable:
         session.exitstatus = _ours(EXIT_INFRA)
     if hasattr(session.config, "workerinput"):
         return   # an xdist worker: the controller gates and reports once

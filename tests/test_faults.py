@@ -1,8 +1,23 @@
 """Faults injected into the netns lab: what the user sees, and that nothing hangs or is lost.
 
-Each test breaks one thing for real (kills a process by its PID inside a lab
-namespace, sets the data link down, kills a host's sshd) and checks the message
-names the host and the cause, and that the run ends within a bound.
+Each test breaks one thing for real and checks the message names the host and the
+cause, that the run ends within a generous bound, and what is left afterwards:
+
+- the receiver killed with SIGKILL mid-transfer: its exit status (signal) and last lines;
+- the data link set down mid-transfer in `hwtests run`: the line-rate test fails naming the
+  link, bounded by the idle timeouts; nothing left running; the link works again;
+- a remote command interrupted (Ctrl-C) on the controller: killed on the host too;
+- a host's sshd killed mid-run (own lab): that pair's test fails naming the host, the other
+  pair goes on, results taken before the fault are stored, the host's journal names what the
+  next run must remove;
+- the controller of `hwtests run` sent SIGINT / SIGTERM mid-transfer: exit 130, no process or
+  temp dir left on the hosts, the journaled NIC change undone; SIGKILL: all of it left, and
+  the next run removes it first;
+- a changed host key (own lab): refused in one line naming the host, nothing run on it.
+
+Processes are listed from this machine per lab namespace (`ip netns pids`), never with
+pgrep inside a lab host: the namespaces share the machine's PID space, and other labs may
+be running the same programs at the same time.
 """
 
 from __future__ import annotations
@@ -40,9 +55,16 @@ def pair2(inv):
     tx.close()
 
 
-def _pids(t, comm: str) -> list[int]:
-    r = t.run(["pgrep", "-x", comm], check=False, timeout=10)     # exact process name, not -f
-    return [int(x) for x in r.stdout.split()]
+def _pids(ns: str, comm: str) -> list[int]:
+    """Processes named `comm` in lab namespace `ns` only. (pgrep on a lab host would see the whole
+    machine: the namespaces share one PID space, and other labs may run the same programs.)"""
+    return [pid for pid, c, _ in _ns_procs(ns) if c == comm]
+
+
+def _run_env(**kw: str) -> dict[str, str]:
+    """Environment for a `hwtests run` whose short summary lines are read: wide, so pytest does
+    not cut them to the terminal width (80 without a terminal)."""
+    return dict(os.environ, COLUMNS="1000", **kw)
 
 
 def _later(delay: float, fn):
@@ -51,14 +73,15 @@ def _later(delay: float, fn):
     return th
 
 
-def test_receiver_killed_reports_status_and_last_lines(pair2):
+def test_receiver_killed_reports_status_and_last_lines(pair2, inv):
     rx, tx, nic = pair2
+    ns_rx, ns_tx = inv.hosts[rx.name].ssh.netns, inv.hosts[tx.name].ssh.netns
     bins = traffic.build(rx)
     killed = []
 
     def kill_rx():
-        for pid in _pids(rx, "hwt_rx"):
-            rx.run(["kill", "-KILL", str(pid)], check=False, timeout=10)
+        for pid in _pids(ns_rx, "hwt_rx"):
+            os.kill(pid, signal.SIGKILL)
             killed.append(pid)
 
     timer = _later(2.5, kill_rx)
@@ -70,41 +93,94 @@ def test_receiver_killed_reports_status_and_last_lines(pair2):
         timer.join()
     took = time.monotonic() - t0
     msg = str(ei.value)
+    print(f"after {took:.1f} s: {msg}")
     assert killed, "no hwt_rx was running to kill"
     assert msg.startswith(f"{rx.name}: hwt_rx"), msg
     assert "SIGKILL" in msg, msg
+    assert "GB received" in msg, msg     # its last lines: how far it got (progress on stderr)
     assert "\n" not in msg
     assert took < 8 + 30, took          # ends soon after the crash, not at the sender's idle timeout
-    assert _pids(rx, "hwt_rx") == [] and _pids(tx, "hwt_tx") == []
+    assert _pids(ns_rx, "hwt_rx") == [] and _pids(ns_tx, "hwt_tx") == []
 
 
-def test_data_link_down_mid_transfer_fails_clearly(pair2):
+def test_data_link_down_mid_transfer_fails_clearly(pair2, inv, netns_lab, tmp_path):
+    """`hwtests run` of linerate/tcp on pair2; a2's data link is set down during the timed transfer:
+    the test fails in bounded time naming the cause, nothing is left running, the link works again."""
+    from hwtests.store import Store
+
     rx, tx, nic = pair2
-    bins = traffic.build(rx)
     ifname = nic.ifname
-    timer = _later(2.5, lambda: rx.run(["ip", "link", "set", "dev", ifname, "down"], timeout=10))
+    ns = [inv.hosts[h].ssh.netns for h in (rx.name, tx.name)]
+    db = tmp_path / "r.db"
+    env = _run_env(HWTESTS_LINERATE_DURATION="6", HWTESTS_LINERATE_REPEAT="1",
+                   HWTESTS_LINERATE_WARMUP="1", HWTESTS_LINERATE_COOLDOWN="0")
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("hwtests")), "run", "--inventory", str(netns_lab),
+                             "--kernel-build", "faults-link", "--db", str(db), "--pair", "pair2",
+                             "-k", "linerate and tcp", "-rA", "-p", "no:cacheprovider"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
     t0 = time.monotonic()
+    downed = False
     try:
-        with pytest.raises(TrafficError) as ei:
-            traffic.run_pair(rx, tx, nic.addr, "tcp", "tcp", duration=6, rx_bins=bins, tx_bins=bins,
-                             idle_timeout=5)
+        # the timed run's sender (--duration, not the functional pass's --bytes) runs: a2's link goes down
+        while time.monotonic() - t0 < 120 and proc.poll() is None:
+            if any(comm == "hwt_tx" and "--bytes" not in cmd for _, comm, cmd in _ns_procs(ns[1])):
+                time.sleep(1.0)
+                subprocess.run(["ip", "-n", ns[0], "link", "set", "dev", ifname, "down"], check=True, timeout=10)
+                downed = True
+                t_down = time.monotonic()
+                break
+            time.sleep(0.1)
+        out, _ = proc.communicate(timeout=180)
     finally:
-        timer.join()
-        rx.run(["ip", "link", "set", "dev", ifname, "up"], timeout=10)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(30)
+        subprocess.run(["ip", "-n", ns[0], "link", "set", "dev", ifname, "up"], timeout=10)
         if nic.ipv6:   # the kernel drops IPv6 addresses on link down (keep_addr_on_down=0): put it back
-            rx.run(["ip", "-6", "addr", "replace", nic.ipv6, "dev", ifname, "nodad"], timeout=10)
-    took = time.monotonic() - t0
-    msg = str(ei.value)
-    assert "\n" not in msg and ("hwt_rx" in msg or "hwt_tx" in msg), msg
-    assert rx.name in msg or tx.name in msg, msg
-    assert took < 6 + 5 + 40, took      # bounded by the idle timeout, no hang
-    assert _pids(rx, "hwt_rx") == [] and _pids(tx, "hwt_tx") == []
+            subprocess.run(["ip", "-n", ns[0], "-6", "addr", "replace", nic.ipv6, "dev", ifname, "nodad"],
+                           timeout=10)
+    assert downed, f"the timed transfer never started:\n{out[-3000:]}"
+    after = time.monotonic() - t_down
+    failed = [ln for ln in out.splitlines() if ln.startswith("FAILED ")]
+    print(f"exit {proc.returncode}, {after:.1f} s after the link went down:\n" + "\n".join(failed))
+    assert proc.returncode == 1, out[-3000:]
+    assert "Traceback" not in out, out[-3000:]
+    assert len(failed) == 1 and "[pair2-tcp]" in failed[0], out[-3000:]
+    assert f"{rx.name}: hwt_" in failed[0] or f"{tx.name}: hwt_" in failed[0], failed[0]
+    assert f"data link: {rx.name} {ifname} is DOWN (set down)" in failed[0], failed[0]      # the cause, named
+    assert after < 90, after           # the idle timeouts end it (6 s transfer + 16 s idle), no hang
+    oc = Store.open(str(db)).outcomes(labels=["faults-link"])
+    assert [(r.test, r.outcome) for r in oc.itertuples()] == [("linerate/tcp", "failed")]
+    assert "data link" in oc.iloc[0]["reason"], oc.iloc[0]["reason"]
+    assert not [p for n in ns for p in _not_sshd(n)], "processes left on pair2's hosts"
     # the link works again for whoever comes next
     deadline = time.monotonic() + 20
     for addr in [nic.addr] + ([nic.ipv6.split("/")[0]] if nic.ipv6 else []):
         while not tx.run(["ping", "-c", "1", "-W", "1", addr], check=False, timeout=10).ok:
             assert time.monotonic() < deadline, f"data link did not come back for {addr}"
             time.sleep(0.5)
+
+
+def test_interrupted_command_is_killed_on_the_host(pair2, inv):
+    """Ctrl-C (or SIGTERM, which the CLI turns into the same) while a remote command runs:
+    the command does not go on on the host after the controller has unwound."""
+    import _thread
+
+    rx, _, _ = pair2
+    ns = inv.hosts[rx.name].ssh.netns
+    marker = "sleep 47.125"
+    timer = _later(1.5, _thread.interrupt_main)
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            rx.run(f"{marker}; true", timeout=60)
+    finally:
+        timer.join()
+    assert time.monotonic() - t0 < 30
+    left = [p for p in _ns_procs(ns) if marker in p[2]]
+    assert not left, f"still running on {rx.name} after the interrupt: {left}"
+    assert rx.run(["echo", "ok"], timeout=30).stdout.strip() == "ok"     # the connection is still usable
 
 
 def _sshd_pids_in(ns: str) -> list[int]:
@@ -140,8 +216,8 @@ def test_sshd_killed_mid_test(tmp_path):
     ns = {h: f"{st.prefix}-{h}" for h in hosts}
     try:
         db = tmp_path / "r.db"
-        env = dict(os.environ, HWTESTS_LINERATE_DURATION="3", HWTESTS_LINERATE_REPEAT="2",
-                   HWTESTS_LINERATE_WARMUP="1", HWTESTS_LINERATE_COOLDOWN="0")
+        env = _run_env(HWTESTS_LINERATE_DURATION="3", HWTESTS_LINERATE_REPEAT="2",
+                       HWTESTS_LINERATE_WARMUP="1", HWTESTS_LINERATE_COOLDOWN="0")
         exe = Path(sys.executable).with_name("hwtests")
         proc = subprocess.Popen([str(exe), "run", "--inventory", str(inv_path), "--kernel-build", "k", "--db", str(db),
                                  "-k", "linerate and (tcp or zerocopy)", "-rA", "-p", "no:cacheprovider"],
@@ -196,11 +272,79 @@ def test_sshd_killed_mid_test(tmp_path):
         assert not os.path.exists(tmp_a1)
         assert _ns_procs(ns["a1"]) == [], "processes of the interrupted run are still on a1"
     finally:
-        for h in hosts:
+        _forget_lab_journals(ns)
+        labnetns.down(state)
+
+
+def _forget_lab_journals(ns: dict[str, str]) -> None:
+    """Before an own lab goes: remove what its hosts' journals say runs left (temp dirs under the
+    shared /tmp would outlive the namespaces), then the journals themselves."""
+    for h, n in ns.items():
+        try:
+            f = _journal_file(n, h)
+        except OSError:
+            continue
+        for e in (journal.parse(f.read_text()) if f.exists() else []):
+            if e.kind == "run":
+                subprocess.run(["ip", "netns", "exec", n, "sh", "-c", e.undo], timeout=60, check=False)
+        f.unlink(missing_ok=True)
+
+
+def test_host_hangs_commands_fail_in_bounded_time(tmp_path):
+    """A host stops answering (its sshd, listener and sessions, stopped with SIGSTOP: the TCP
+    connection stays open and silent, as with a hung kernel). A command in flight ends at its
+    timeout saying the host does not answer, later ones at the connect timeout, and closing the
+    transport does not hang. Own lab."""
+    from dataclasses import replace
+
+    from hwtests import labnetns
+    from hwtests.transport import CommandTimeout, RemoteError
+
+    state = tmp_path / "lab"
+    inv_path = labnetns.up(state, pairs=1)
+    st = labnetns.load_state(state)
+    ns = f"{st.prefix}-a1"
+    stopped: list[int] = []
+    try:
+        lab = inventory.load(inv_path)
+        t = hostconn.connect(lab.hosts["a1"], replace(lab.defaults, command_timeout=5, connect_timeout=3))
+        t.run(["true"])
+        t.start(["sleep", "60"], name="sleeper")
+
+        def hang():
+            for pid in _sshd_pids_in(ns):
+                os.kill(pid, signal.SIGSTOP)
+                stopped.append(pid)
+
+        timer = _later(0.5, hang)
+        t0 = time.monotonic()
+        try:
+            with pytest.raises(CommandTimeout) as ei:
+                t.run("sleep 2; echo done", timeout=6)
+        finally:
+            timer.join()
+        took = time.monotonic() - t0
+        print(f"in flight, after {took:.1f} s: {ei.value}")
+        assert stopped
+        assert str(ei.value) == "a1: `sleep 2; echo done` did not finish within 6 s; the host does not answer"
+        assert took < 6 + 3 + 20, took
+        t0 = time.monotonic()
+        with pytest.raises(RemoteError) as ei:
+            t.run(["true"])
+        took = time.monotonic() - t0
+        print(f"next command, after {took:.1f} s: {ei.value}")
+        assert str(ei.value).startswith("a1: ") and "not answering" in str(ei.value), str(ei.value)
+        assert took < 3 * 2 + 20, took
+        t0 = time.monotonic()
+        t.close()                   # cannot clean up the host; must not hang trying
+        assert time.monotonic() - t0 < 60
+    finally:
+        for pid in stopped:
             try:
-                _journal_file(ns[h], h).unlink(missing_ok=True)    # its namespace goes away with the lab
-            except OSError:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
                 pass
+        _forget_lab_journals({"a1": ns, "b1": f"{st.prefix}-b1"})
         labnetns.down(state)
 
 
@@ -251,10 +395,6 @@ def _ns_procs(ns: str) -> list[tuple[int, str, str]]:
 def _not_sshd(ns: str) -> list[tuple[int, str, str]]:
     """What runs in the namespace besides its sshd (listener and the sessions of live connections)."""
     return [p for p in _ns_procs(ns) if not p[1].startswith("sshd")]
-
-
-def _host_tmpdirs() -> set[str]:
-    return {str(p) for p in Path("/tmp").glob("hwtests.*") if TMPDIR_RE.fullmatch(str(p))}
 
 
 @pytest.fixture
@@ -347,7 +487,8 @@ def test_controller_signal_mid_transfer_cleans_up(ctl_env, sig):
     out = _finish_ctl(proc)
     took = time.monotonic() - t0
     print(f"{sig.name}: exit {proc.returncode} after {took:.1f} s; last lines:\n" + "\n".join(out.splitlines()[-4:]))
-    assert proc.returncode == 130, out[-3000:]
+    # 130 "interrupted" (errors.py); SIGTERM may be reported as 143 (128 + SIGTERM) instead
+    assert proc.returncode in ((130,) if sig == signal.SIGINT else (130, 143)), out[-3000:]
     assert took < 60, took            # not waiting for the 60 s transfer to end
     assert "Traceback" not in out, out[-4000:]
     procs, dirs = _left_behind(env, tmpdirs)
@@ -384,3 +525,87 @@ def test_controller_sigkill_next_run_cleans_up(ctl_env):
     assert not dirs, f"temp dirs of the killed run left after the next run: {dirs}"
     assert not _gro_on(env["rx"], env["ifname"])
     assert journal.Journal(env["rx"]).pending() == []
+
+
+# -- a host key that changed ---------------------------------------------------------------------
+
+def _wait_sshd(ns: str, timeout: float = 15.0) -> None:
+    from hwtests.netns import connect_in_netns
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            s = connect_in_netns(ns, "127.0.0.1", 22, 2.0)
+        except Exception:
+            assert time.monotonic() < deadline, f"sshd in {ns} did not listen again"
+            time.sleep(0.1)
+            continue
+        try:
+            s.settimeout(5)
+            if s.recv(64).startswith(b"SSH-"):
+                return
+        finally:
+            s.close()
+
+
+@pytest.fixture(scope="module")
+def hostkey_run(tmp_path_factory):
+    """Own one-pair lab whose a1 logs every login (sshd LogLevel VERBOSE); `hwtests run` with an
+    inventory whose known_hosts has another key for a1."""
+    import yaml
+
+    from hwtests import labnetns
+
+    tmp = tmp_path_factory.mktemp("hostkey")
+    state = tmp / "lab"
+    inv_path = labnetns.up(state, pairs=1)
+    st = labnetns.load_state(state)
+    ns = f"{st.prefix}-a1"
+    try:
+        cfg = state / "a1" / "sshd_config"
+        cfg.write_text(cfg.read_text().replace("LogLevel ERROR", "LogLevel VERBOSE"))
+        os.kill(st.sshd_pids["a1"], signal.SIGHUP)       # sshd re-executes itself with the new config
+        _wait_sshd(ns)
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp / "other_key")], check=True,
+                       timeout=30)
+        kt, key = (tmp / "other_key.pub").read_text().split()[:2]
+        (tmp / "known_hosts").write_text(f"127.0.0.1 {kt} {key}\n")
+        inv = yaml.safe_load(Path(inv_path).read_text())
+        inv["hosts"]["a1"]["ssh"]["known_hosts"] = str(tmp / "known_hosts")
+        bad_inv = tmp / "inventory.yaml"
+        bad_inv.write_text(yaml.safe_dump(inv, sort_keys=False))
+        log = state / "a1" / "sshd.log"
+        log_start = log.stat().st_size
+        t0 = time.monotonic()
+        r = subprocess.run([str(Path(sys.executable).with_name("hwtests")), "run", "--inventory", str(bad_inv),
+                            "--kernel-build", "hk", "--db", str(tmp / "r.db"), "-k", "linerate and tcp",
+                            "-p", "no:cacheprovider"], capture_output=True, text=True, timeout=300)
+        took = time.monotonic() - t0
+        during = log.read_bytes()[log_start:].decode(errors="replace")
+        # the positive control: the same sshd, the right key: a login is logged
+        good = inventory.load(inv_path)
+        t = hostconn.connect(good.hosts["a1"], good.defaults)
+        try:
+            t.run(["true"], timeout=30)
+        finally:
+            t.close()
+        control = log.read_bytes()[log_start + len(during.encode()):].decode(errors="replace")
+        yield {"r": r, "out": r.stdout + r.stderr, "took": took, "during": during, "control": control}
+    finally:
+        _forget_lab_journals({"a1": ns, "b1": f"{st.prefix}-b1"})
+        labnetns.down(state)
+
+
+def test_changed_host_key_refused_naming_host(hostkey_run):
+    out = hostkey_run["out"]
+    lines = [ln for ln in out.splitlines() if "host key" in ln]
+    print(f"exit {hostkey_run['r'].returncode} after {hostkey_run['took']:.1f} s:\n" + "\n".join(lines))
+    assert hostkey_run["r"].returncode == 4, out[-3000:]        # a host unusable
+    assert "Traceback" not in out and "During handling" not in out, out[-3000:]
+    assert "journal not replayed" not in out, out[-3000:]       # a host never reached has nothing to replay
+    assert any("a1: host key for 127.0.0.1:22 has CHANGED" in ln and "refusing to connect" in ln for ln in lines), \
+        out[-3000:]
+    # nothing ran on a1: it was reached once (the key seen, the connection dropped) and nobody logged in
+    assert "Accepted publickey" not in hostkey_run["during"], hostkey_run["during"]
+    assert hostkey_run["during"].count("Connection from 127.0.0.1") == 1, hostkey_run["during"]
+    assert "Accepted publickey" in hostkey_run["control"], "sshd of a1 does not log logins: the check above is void"
+

@@ -298,7 +298,7 @@ def run(args) -> int:
         from .inventory import load
         config = load(args.inventory).thresholds or {}
     thresholds = gate.build_thresholds(config, args.threshold)     # bad specs fail before opening the store
-    store = Store.open(args.db)
+    store = Store.open(args.db, create=False)
     try:
         comps = compare_labels(store, args.baseline, args.candidate, test_glob=args.test, metric=args.metric,
                                pair=args.pair, thresholds=thresholds)

@@ -174,7 +174,7 @@ def run(args) -> int:
 
     if args.last is not None and args.last < 1:
         raise InputError("--last must be at least 1")
-    store = Store.open(args.db)
+    store = Store.open(args.db, create=False)
     try:
         out = series(store, args.metric, test_glob=args.test, pair=args.pair, last=args.last)
         if not out:

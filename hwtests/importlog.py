@@ -34,6 +34,7 @@ from pathlib import Path
 
 from . import timebench
 from .errors import EXIT_OK, InputError
+from .inventory import check_label
 
 
 def add_command(sub) -> None:
@@ -77,8 +78,7 @@ def repetitions(records: list[timebench.Record]) -> list[int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    if not args.kernel_build.strip():
-        raise InputError("--kernel-build: an empty label")
+    check_label(args.kernel_build)
     parsed: list[tuple[str, bytes, timebench.ParseResult]] = []
     for name in args.files:
         data = _read(name)

@@ -21,6 +21,17 @@ from .errors import InputError
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 IFNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,14}$")
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+
+
+def check_label(value: str, option: str = "--kernel-build") -> str:
+    """A kernel build label as given on a command line: stored, shown and compared as is, so it
+    must be non-empty, printable and short."""
+    if not value.strip():
+        raise InputError(f"{option}: an empty label")
+    if not value.isprintable() or len(value) > 100:
+        raise InputError(f"{option}: {value[:100]!r}: a label is up to 100 printable characters")
+    return value
 
 
 @dataclass
@@ -35,6 +46,7 @@ class SSHConfig:
     proxy_command: str | None = None
     netns: str | None = None            # open the TCP socket inside this network namespace
     password_env: str | None = None     # name of an environment variable holding a password
+    passphrase_env: str | None = None   # name of an environment variable holding the key's passphrase
 
 
 @dataclass
@@ -267,11 +279,16 @@ def _host(ctx: _Ctx, hname: str, node: yaml.Node, base: Path) -> Host:
     if "ssh" in m:
         sw = f"{w}.ssh"
         sm = ctx.mapping(m["ssh"][1], sw, {"host", "port", "user", "key", "known_hosts", "accept_new_host_key",
-                                           "jump", "proxy_command", "netns", "password_env"}, {"host"})
+                                           "jump", "proxy_command", "netns", "password_env", "passphrase_env"},
+                         {"host"})
         s = SSHConfig(host=ctx.scalar(sm["host"][1], f"{sw}.host", str))
-        for key in ("user", "key", "known_hosts", "jump", "proxy_command", "netns", "password_env"):
+        for key in ("user", "key", "known_hosts", "jump", "proxy_command", "netns", "password_env", "passphrase_env"):
             if key in sm:
                 setattr(s, key, ctx.scalar(sm[key][1], f"{sw}.{key}", str))
+        for key in ("password_env", "passphrase_env"):     # the secret stays in the environment, never here
+            if getattr(s, key) is not None and not ENV_NAME_RE.match(getattr(s, key)):
+                raise ctx.fail(sm[key][1], f"{sw}.{key}", "the name of an environment variable (letters, digits, "
+                               "'_'), not the secret itself")
         if "port" in sm:
             s.port = ctx.scalar(sm["port"][1], f"{sw}.port", int)
             if not 0 < s.port < 65536:

@@ -23,7 +23,7 @@ from typing import Callable
 
 import yaml
 
-from .errors import InfraError
+from .errors import InfraError, InputError
 
 SSHD_CANDIDATES = ("/usr/sbin/sshd", "/usr/bin/sshd")
 DATA4_NET = "198.51.100.{}"          # TEST-NET-2, only ever inside lab namespaces
@@ -94,11 +94,17 @@ def preflight() -> None:
             raise InfraError(f"lab: '{tool}' not found (Debian packages iproute2, openssh-client, util-linux)")
 
 
-def up(state_dir: Path, pairs: int = 1, progress: Callable[[str], None] = lambda s: None) -> Path:
-    """Build the lab and write its inventory; return the inventory path."""
-    preflight()
+def up(state_dir: Path, pairs: int = 1, progress: Callable[[str], None] = lambda s: None,
+       password: str | None = None) -> Path:
+    """Build the lab and write its inventory; return the inventory path.
+
+    `password`: the lab's sshds also take root's password login with it (for tests of
+    password authentication). Each host sees a shadow file of its own, bound over
+    /etc/shadow in the host's private mount namespace: the machine's is never touched.
+    """
     if not 1 <= pairs <= 16:
-        raise InfraError(f"lab: --pairs must be 1..16, got {pairs}")
+        raise InputError(f"lab: --pairs must be 1..16, got {pairs}")
+    preflight()
     state_dir = Path(state_dir).resolve()
     old = load_state(state_dir)
     if old is not None:
@@ -108,18 +114,26 @@ def up(state_dir: Path, pairs: int = 1, progress: Callable[[str], None] = lambda
     st = LabState(prefix=_prefix(state_dir), pairs=pairs, created=time.time())
     _save(state_dir, st)
     try:
-        _build(state_dir, st, progress)
+        _build(state_dir, st, progress, password)
     except BaseException:
         down(state_dir)
         raise
     return Path(st.inventory)
 
 
-def _build(state_dir: Path, st: LabState, progress) -> None:
+def _build(state_dir: Path, st: LabState, progress, password: str | None = None) -> None:
     sshd = _sshd()
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)   # sshd's privilege separation dir
     client_key = state_dir / "client_key"
     _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "hwtests-lab-client", "-f", str(client_key))
+    shadow = None
+    if password is not None:
+        shadow = state_dir / "shadow"
+        h = subprocess.run(["openssl", "passwd", "-6", "-stdin"], input=password, capture_output=True, text=True,
+                           timeout=20, check=True).stdout.strip()
+        fd = os.open(shadow, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(f"root:{h}:20000:0:99999:7:::\n")
     bashrc = Path("/root/.bashrc")
     empty = state_dir / "empty_bashrc"
     empty.write_text("")
@@ -141,7 +155,7 @@ def _build(state_dir: Path, st: LabState, progress) -> None:
             _run("ip", "-n", ns[h], "addr", "add", v4, "dev", "data0")
             _run("ip", "-n", ns[h], "addr", "add", v6, "dev", "data0", "nodad")
             _run("ip", "-n", ns[h], "link", "set", "data0", "up")
-            hosts[h] = _start_host(state_dir, st, h, ns[h], sshd, client_key, bashrc, empty, v4, v6)
+            hosts[h] = _start_host(state_dir, st, h, ns[h], sshd, client_key, bashrc, empty, v4, v6, shadow)
             progress(f"lab: host {h} up (netns {ns[h]}, sshd pid {st.sshd_pids[h]}, data {v4.split('/')[0]})")
         inv_pairs.append({"name": f"pair{i}", "rx": {"host": a, "nic": "data"}, "tx": {"host": b, "nic": "data"}})
     for h, pid in st.sshd_pids.items():
@@ -155,15 +169,17 @@ def _build(state_dir: Path, st: LabState, progress) -> None:
 
 
 def _start_host(state_dir: Path, st: LabState, h: str, ns: str, sshd: str, client_key: Path,
-                bashrc: Path, empty: Path, v4: str, v6: str) -> dict:
+                bashrc: Path, empty: Path, v4: str, v6: str, shadow: Path | None = None) -> dict:
     d = state_dir / h
     d.mkdir(mode=0o700)
     _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"hwtests-lab-{h}", "-f", str(d / "host_key"))
     shutil.copy(f"{client_key}.pub", d / "authorized_keys")
     (d / "sshd_config").write_text(
         f"ListenAddress 127.0.0.1\nPort 22\nHostKey {d}/host_key\nPidFile none\n"
-        f"AuthorizedKeysFile {d}/authorized_keys\nPubkeyAuthentication yes\nPasswordAuthentication no\n"
-        "KbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\nUsePAM no\nStrictModes no\n"
+        f"AuthorizedKeysFile {d}/authorized_keys\nPubkeyAuthentication yes\n"
+        f"PasswordAuthentication {'yes' if shadow else 'no'}\n"
+        f"KbdInteractiveAuthentication no\nPermitRootLogin {'yes' if shadow else 'prohibit-password'}\n"
+        "UsePAM no\nStrictModes no\n"
         "PrintMotd no\nUseDNS no\nLogLevel ERROR\nMaxStartups 64\nMaxSessions 64\n"
         "Subsystem sftp internal-sftp\n")
     host_pub = (d / "host_key.pub").read_text().split()
@@ -171,6 +187,8 @@ def _start_host(state_dir: Path, st: LabState, h: str, ns: str, sshd: str, clien
     # Own mount and UTS namespace per host: its own hostname, and root's .bashrc
     # masked (it would cost ~120 ms per command on a machine that runs pyenv there).
     mask = f"mount --bind {empty} {bashrc} && " if bashrc.exists() else ""
+    if shadow is not None:
+        mask += f"mount --bind {shadow} /etc/shadow && "
     script = f"hostname {h} && {mask}exec {sshd} -D -e -f {d}/sshd_config"
     log = open(d / "sshd.log", "ab")
     proc = subprocess.Popen(["ip", "netns", "exec", ns, "unshare", "--mount", "--uts", "--propagation", "private",

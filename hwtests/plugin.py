@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 
 from .errors import EXIT_FAIL, EXIT_INCONCLUSIVE, EXIT_INFRA, HwtestsError
-from .inventory import Host, Inventory, Nic, load
+from .inventory import Host, Inventory, Nic, check_label, load
 from .journal import Journal
 from .transport import Transport
 
@@ -67,6 +67,7 @@ def pytest_configure(config: pytest.Config) -> None:
         return
     try:
         inv = load(path)
+        check_label(config.getoption("--kernel-build") or "unlabeled")
     except HwtestsError as exc:
         raise pytest.UsageError(str(exc)) from None
     unknown = [p for p in config.getoption("--pair") if p not in inv.pairs]

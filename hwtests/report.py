@@ -75,9 +75,9 @@ def _cmd(args: argparse.Namespace) -> int:
     from .store import Store
 
     builds = [b.strip() for b in args.builds.split(",") if b.strip()] if args.builds else None
-    store = Store.open(args.db)
-    path = write_report(store, Path(args.out), builds=builds, baseline=args.baseline, title=args.title,
-                        note=args.note, csv_path=Path(args.csv) if args.csv else None, db=args.db)
+    with Store.open(args.db, create=False) as store:
+        path = write_report(store, Path(args.out), builds=builds, baseline=args.baseline, title=args.title,
+                            note=args.note, csv_path=Path(args.csv) if args.csv else None, db=args.db)
     print(f"report: {path.resolve()}")
     return 0
 
@@ -741,21 +741,46 @@ class Ctx:
     colors: dict = field(default_factory=dict)
     n_samples: int = 0
     command: str = ""
+    csv_raw: bytes | None = None        # every raw sample, when a CSV file was asked for
 
 
 def write_report(store, out_path, builds: list[str] | None = None, baseline: str | None = None,
                  title: str | None = None, note: str | None = None, csv_path: Path | None = None,
                  db: str | None = None, thresholds: dict | None = None) -> Path:
-    """Render the report of `builds` (default: every label) to `out_path`; return the path."""
-    out_path = Path(out_path)
+    """Render the report of `builds` (default: every label) to `out_path`; return the path.
+
+    The page (and the CSV, if asked for) appear whole or not at all: both are written to
+    temporary files first and renamed into place only once both are written.
+    """
+    out_path = _out_file(out_path, "--out")
+    csv_path = _out_file(csv_path, "--csv") if csv_path is not None else None
     ctx = build_context(store, builds=builds, baseline=baseline, title=title, note=note, db=db,
                         csv_path=csv_path, thresholds=thresholds)
-    html = render(ctx)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(out_path.name + ".tmp")
-    tmp.write_text(html, encoding="utf-8")
-    tmp.replace(out_path)
+    files = [(out_path, render(ctx).encode("utf-8"))]
+    if csv_path is not None:
+        files.append((csv_path, ctx.csv_raw or b""))
+    tmps: list[Path] = []
+    path = out_path
+    try:
+        for path, data in files:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmps.append(path.with_name(f".{path.name}.{os.getpid()}.tmp"))
+            tmps[-1].write_bytes(data)
+        for (path, _), tmp in zip(files, tmps):
+            tmp.replace(path)
+    except OSError as exc:
+        for tmp in tmps:
+            tmp.unlink(missing_ok=True)
+        raise InputError(f"{path}: cannot write: {exc.strerror}") from None
     return out_path
+
+
+def _out_file(path, option: str) -> Path:
+    """A file to write, checked before any work is done on it."""
+    p = Path(path)
+    if not p.name or p.is_dir() or str(path).endswith("/"):
+        raise InputError(f"{option} {path}: a directory; give a file name (e.g. reports/patch.html)")
+    return p
 
 
 def build_context(store, builds=None, baseline=None, title=None, note=None, db=None, csv_path=None,
@@ -789,7 +814,10 @@ def build_context(store, builds=None, baseline=None, title=None, note=None, db=N
                               ", ".join(builds) or "hwtests report"),
               generated=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
               builds=builds, baseline=baseline, candidates=candidates, colors=colors)
-    cmd = ["hwtests", "report"] + (["--db", db] if db else []) + \
+    from .store import redact_url
+
+    # shown on the page to regenerate it: never with the store's password
+    cmd = ["hwtests", "report"] + (["--db", redact_url(db)] if db else []) + \
         (["--builds", ",".join(builds)] if builds else []) + (["--baseline", baseline] if baseline else [])
     ctx.command = shlex.join(cmd)
     painter = _Painter(parallel=True)     # started first: its imports overlap loading the samples
@@ -990,8 +1018,7 @@ def _fill(ctx: Ctx, store, painter: "_Painter", note=None, csv_path=None, thresh
         embed = est <= CSV_MAX_BYTES * 1.2
         raw = samples_csv(df) if (embed or csv_path is not None) else None
         if csv_path is not None:
-            Path(csv_path).parent.mkdir(parents=True, exist_ok=True)
-            Path(csv_path).write_bytes(raw)
+            ctx.csv_raw = raw           # written next to the page by write_report
         ctx.csv["raw_bytes"] = len(raw) if raw is not None else int(est)
         if raw is not None and len(raw) <= CSV_MAX_BYTES:
             ctx.csv["raw_uri"] = data_uri(raw)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .errors import EXIT_INFRA, EXIT_INTERRUPTED, EXIT_USAGE, InputError
+from .errors import EXIT_INFRA, EXIT_INTERRUPTED, EXIT_USAGE
 
 SUITE_DIR = Path(__file__).parent / "suite"
 
@@ -46,9 +46,13 @@ def pytest_args(args: argparse.Namespace) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     import pytest
 
-    if not Path(args.inventory).is_file():
-        raise InputError(f"{args.inventory}: no such inventory file")
     from . import plugin
+    from .inventory import check_label, load
+
+    check_label(args.kernel_build)
+    inv = load(args.inventory)      # bad input is one line here, before pytest starts
+    for p in args.pair:
+        inv.pair(p)
     plugin.last_exit_set = None
     return to_hwtests_exit(int(pytest.main(pytest_args(args))), plugin.last_exit_set)
 

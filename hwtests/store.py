@@ -324,11 +324,15 @@ class Store:
 
     # -- opening
     @classmethod
-    def open(cls, url: str | os.PathLike | None = None) -> "Store":
-        """None: `.hwtests/results.db` under the current directory; a path (or sqlite:///path); or postgresql://..."""
+    def open(cls, url: str | os.PathLike | None = None, create: bool = True) -> "Store":
+        """None: `.hwtests/results.db` under the current directory; a path (or sqlite:///path); or postgresql://...
+
+        Commands that only read (compare, history, report) pass create=False: a SQLite file that
+        is not there is a mistyped path, not a store to make (with its directories) and call empty.
+        """
         if url is None or str(url) == "":
             path = DEFAULT_PATH
-            return cls(SQLiteDialect(cls._sqlite_path(path)), str(path))
+            return cls(SQLiteDialect(cls._sqlite_path(path, create)), str(path))
         s = str(url)
         if s.startswith(("postgresql://", "postgres://")):
             return cls(PostgresDialect(s), s)
@@ -338,12 +342,15 @@ class Store:
             s = s[len("sqlite:///"):]
         elif s.startswith("sqlite://"):
             raise InputError(f"results store URL {s!r}: use sqlite:///relative/path or sqlite:////absolute/path")
-        return cls(SQLiteDialect(cls._sqlite_path(Path(s))), s)
+        return cls(SQLiteDialect(cls._sqlite_path(Path(s), create)), s)
 
     @staticmethod
-    def _sqlite_path(path: Path) -> Path:
+    def _sqlite_path(path: Path, create: bool = True) -> Path:
         if path.is_dir():
             raise InputError(f"results store {path} is a directory; give a file path")
+        if not create and not path.exists():
+            raise InputError(f"results store {path}: no such file (hwtests run and import-log create it; --db "
+                             "names another)")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -356,6 +363,7 @@ class Store:
         except HwtestsError:
             raise
         except Exception as exc:  # noqa: BLE001 - every driver error becomes one line
+            self._not_a_database(exc)
             raise InfraError(f"cannot open results store {redact_url(self.url)}: {_scrub(str(exc), self.url)}") from None
         try:
             self._init_schema()
@@ -364,8 +372,14 @@ class Store:
             raise
         except Exception as exc:  # noqa: BLE001
             self.close()
+            self._not_a_database(exc)
             raise InfraError(f"results store {redact_url(self.url)}: cannot create the schema: "
                              f"{_scrub(str(exc), self.url)}") from None
+
+    def _not_a_database(self, exc: Exception) -> None:
+        """A SQLite path to some other file is bad input (exit 2), not a store that is down."""
+        if self.dialect.name == "sqlite" and "not a database" in str(exc):
+            raise InputError(f"results store {self.url}: not a SQLite database (--db names another file?)") from None
 
     def _init_schema(self) -> None:
         with self._tx() as cur:

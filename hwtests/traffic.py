@@ -186,9 +186,24 @@ def build_static_local(files: dict[str, bytes], digest: str, cache_root: Path | 
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+# Make the cache dir private (umask 077), then trust it only if every dir of ours on its path
+# belongs to the login user and no one else may write there: the binaries in it run as that
+# user (root, mostly), so a dir someone else can write would let them swap the programs.
+_PRIVATE_DIR = r"""umask 077; mkdir -p "$1" 2>/dev/null || exit 1
+u=$(id -u); shift
+for d in "$@"; do
+    s=$(stat -L -c '%u %a' "$d") || exit 1
+    [ "${s%% *}" = "$u" ] || exit 1
+    case "${s#* }" in *[2367]? | *[2367]) exit 1;; esac
+done"""
+
+
 def _host_cache_dir(t: Transport, digest: str, arch: str, release: str) -> str:
+    """The host's cache dir for these binaries when it is private to the login user, else one in
+    the run's temp dir."""
     d = posixpath.join(HOST_CACHE, f"{digest[:16]}-{arch}-{release}")
-    r = t.run(["sh", "-c", 'mkdir -p "$1" 2>/dev/null && [ -w "$1" ]', "sh", d], check=False, timeout=20)
+    ours = [HOST_CACHE.rsplit("/", 1)[0], HOST_CACHE, d]
+    r = t.run(["sh", "-c", _PRIVATE_DIR, "sh", d, *ours], check=False, timeout=20)
     if r.ok:
         return d
     d = posixpath.join(t.tmpdir, f"traffic-{digest[:16]}")
@@ -318,7 +333,7 @@ class TrafficResult:
 
     @property
     def gbps(self) -> float:
-        return float(self.rx.get("gbps", 0.0))
+        return float(self.rx.get("gbps") or 0.0)     # null: the program had no finite rate
 
     @property
     def mismatches(self) -> int:
@@ -347,6 +362,48 @@ def parse_summary(stdout: str) -> dict[str, Any] | None:
         if isinstance(obj, dict) and ("unsupported" in obj or ("role" in obj and "ready" not in obj)):
             found = obj
     return found
+
+
+# What the programs' JSON lines hold (fixtures/traffic/hwt_common.c): counters are unsigned
+# integers, times and rates numbers (null where the program had none), `samples` and
+# `flow_bytes` lists of numbers. Fields not named here pass as they are (a newer program).
+_COUNTERS = ("bytes", "mismatches", "validated_bytes", "tokens_returned", "zc_sends", "zc_completions",
+             "zc_copied", "flows", "corrupted_bytes", "dmabuf_id", "dmabuf_frags", "linear_frags", "linear_bytes",
+             "copied_bytes", "zcrx_cqes", "refills", "queue", "num_queues", "pid")
+_TEXTS = ("role", "mode", "version", "unsupported", "step", "error", "extack", "ifname")
+
+
+def _is_num(v: Any, integer: bool = False) -> bool:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    return (isinstance(v, int) and v >= 0) if integer else (v == v and abs(v) != float("inf") and v >= 0)
+
+
+def check_summary(obj: dict[str, Any], host: str, role: str) -> dict[str, Any]:
+    """`obj` (a JSON line of hwt_rx/hwt_tx) when its fields have the types the code reading them
+    assumes; else TrafficError naming the host, the program and the field (pure)."""
+    def bad(k: str, want: str) -> TrafficError:
+        return TrafficError(f"{host}: hwt_{role} printed a summary with {k}={json.dumps(obj[k])[:80]} "
+                            f"(expected {want}): not a hwt_{role} of this hwtests?")
+
+    for k, v in obj.items():
+        if k in _COUNTERS and not _is_num(v, integer=True):
+            raise bad(k, "an unsigned integer")
+        if k in ("seconds", "gbps") and v is not None and not _is_num(v):
+            raise bad(k, "a number >= 0")
+        if k in ("samples", "flow_bytes") and not (isinstance(v, list) and all(_is_num(x) for x in v)):
+            raise bad(k, "a list of numbers >= 0")
+        if k == "port" and not (isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 65535):
+            raise bad(k, "a port number")
+        if k in _TEXTS and not isinstance(v, str):
+            raise bad(k, "a string")
+        if k == "errno" and not (isinstance(v, int) and not isinstance(v, bool)):
+            raise bad(k, "an integer")
+        if k == "errors" and not (isinstance(v, list) and all(isinstance(x, str) for x in v)):
+            raise bad(k, "a list of strings")
+        if k == "binds" and not (isinstance(v, list) and all(isinstance(x, dict) for x in v)):
+            raise bad(k, "a list of objects")
+    return obj
 
 
 def parse_ready(stdout: str) -> dict[str, Any] | None:
@@ -378,7 +435,7 @@ def status_text(status: int | None) -> str:
 def _fail(host: str, role: str, status: int, stdout: str, stderr: str, what: str = "") -> TrafficError:
     summ = parse_summary(stdout)
     detail = ""
-    if summ and summ.get("errors"):
+    if summ and isinstance(summ.get("errors"), list):
         detail = "; ".join(str(e) for e in summ["errors"][:3])
     tail = _tail(stderr) or _tail(stdout)
     msg = f"{host}: hwt_{role} {what or 'failed'} ({status_text(status)})"
@@ -394,8 +451,9 @@ def _check_unsupported(host: str, role: str, status: int, stdout: str) -> None:
         return
     summ = parse_summary(stdout) or {}
     reason = str(summ.get("unsupported") or "unsupported (no reason printed)")
-    raise Unsupported(reason, host=host, role=role, step=str(summ.get("step", "")), errno=summ.get("errno"),
-                      summary=summ)
+    errno = summ.get("errno")
+    raise Unsupported(reason, host=host, role=role, step=str(summ.get("step", "")),
+                      errno=errno if isinstance(errno, int) and not isinstance(errno, bool) else None, summary=summ)
 
 
 def _addr_arg(addr: str) -> str:
@@ -552,6 +610,7 @@ def _run_pair(rx_t: Transport, tx_t: Transport, rx_addr: str, mode_rx: str, mode
             out, err = bg.output()
             ready = parse_ready(out)
             if ready is not None:
+                check_summary(ready, rx_t.name, "rx")
                 break
             if not bg.alive():
                 res = bg.wait(5)
@@ -602,6 +661,9 @@ def _run_pair(rx_t: Transport, tx_t: Transport, rx_addr: str, mode_rx: str, mode
             raise _fail(rx_t.name, "rx", rxr.exit_status, rxr.stdout, rxr.stderr, "printed no summary")
         if tx_sum is None:
             raise _fail(tx_t.name, "tx", txr.exit_status, txr.stdout, txr.stderr, "printed no summary")
+    for summ, t, role in ((rx_sum, rx_t, "rx"), (tx_sum, tx_t, "tx")):
+        if summ is not None:
+            check_summary(summ, t.name, role)
     return TrafficResult(rx=rx_sum or {}, tx=tx_sum or {}, source_hash=rx_bins.source_hash,
                          rx_exit=rxr.exit_status, tx_exit=txr.exit_status, rx_stderr=rxr.stderr,
                          tx_stderr=txr.stderr)
@@ -624,6 +686,7 @@ def bind_check(t: Transport, mode: str, ifname: str, *, queue: int = 0, num_queu
     summ = parse_summary(r.stdout)
     if summ is None or "binds" not in summ:
         raise _fail(t.name, "rx", r.exit_status, r.stdout, r.stderr, "bind check printed no result")
+    check_summary(summ, t.name, "rx")
     summ["exit"] = r.exit_status
     return summ
 

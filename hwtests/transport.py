@@ -400,10 +400,11 @@ class SSHTransport(Transport):
             raise HostKeyError(f"{self.name}: known_hosts file {known} does not exist; "
                                "add the host key or set ssh.accept_new_host_key: true")
         c.set_missing_host_key_policy(_AcceptNewPolicy(known) if cfg.accept_new_host_key else paramiko.RejectPolicy())
-        password = os.environ.get(cfg.password_env) if cfg.password_env else None
+        password, passphrase = (self._secret(cfg, "password_env"), self._secret(cfg, "passphrase_env"))
         sock = self._sock()
         try:
             c.connect(cfg.host, port=cfg.port, username=cfg.user, key_filename=cfg.key, password=password,
+                      passphrase=passphrase,
                       sock=sock, timeout=self.connect_timeout, banner_timeout=self.connect_timeout,
                       auth_timeout=self.connect_timeout, allow_agent=cfg.key is None,
                       look_for_keys=cfg.key is None)
@@ -411,8 +412,15 @@ class SSHTransport(Transport):
             _close(sock)
             raise HostKeyError(f"{self.name}: host key for {cfg.host}:{cfg.port} has CHANGED (does not match "
                                f"{known}); refusing to connect") from None
+        except paramiko.PasswordRequiredException:
+            _close(sock)
+            raise RemoteError(f"{self.name}: key {cfg.key} is encrypted: name the environment variable holding "
+                              "its passphrase in ssh.passphrase_env", exit_code=2) from None
         except paramiko.SSHException as exc:
             _close(sock)
+            if cfg.passphrase_env and cfg.key and str(exc) in ("Invalid key", "Unable to parse key file"):
+                raise RemoteError(f"{self.name}: cannot decrypt key {cfg.key} with the passphrase in "
+                                  f"${cfg.passphrase_env} (wrong passphrase?)", exit_code=2) from None
             if "not found in known_hosts" in str(exc):
                 raise HostKeyError(f"{self.name}: host key for {cfg.host}:{cfg.port} is unknown (not in {known}); "
                                    "refusing to connect (set ssh.accept_new_host_key: true to trust it)") from None
@@ -426,6 +434,15 @@ class SSHTransport(Transport):
             raise RemoteError(f"{self.name}: ssh {cfg.host}:{cfg.port}: {exc.strerror or exc}") from None
         c.get_transport().set_keepalive(15)
         return c
+
+    def _secret(self, cfg, field: str) -> str | None:
+        """The password or passphrase from the environment variable the inventory names (never logged)."""
+        var = getattr(cfg, field)
+        if var is None:
+            return None
+        if var not in os.environ:
+            raise RemoteError(f"{self.name}: ssh.{field}: environment variable {var} is not set", exit_code=2)
+        return os.environ[var]
 
     # -- commands -----------------------------------------------------------
     def _exec(self, line: str, timeout: float, input: bytes | None) -> CmdResult:

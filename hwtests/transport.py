@@ -400,7 +400,7 @@ class SSHTransport(Transport):
             raise HostKeyError(f"{self.name}: known_hosts file {known} does not exist; "
                                "add the host key or set ssh.accept_new_host_key: true")
         c.set_missing_host_key_policy(_AcceptNewPolicy(known) if cfg.accept_new_host_key else paramiko.RejectPolicy())
-        password, passphrase = (self._secret(cfg, "password_env"), self._secret(cfg, "passphrase_env"))
+        password, passphrase = self._secret("password_env"), self._secret("passphrase_env")
         sock = self._sock()
         try:
             c.connect(cfg.host, port=cfg.port, username=cfg.user, key_filename=cfg.key, password=password,
@@ -435,9 +435,9 @@ class SSHTransport(Transport):
         c.get_transport().set_keepalive(15)
         return c
 
-    def _secret(self, cfg, field: str) -> str | None:
+    def _secret(self, field: str) -> str | None:
         """The password or passphrase from the environment variable the inventory names (never logged)."""
-        var = getattr(cfg, field)
+        var = getattr(self.cfg, field)
         if var is None:
             return None
         if var not in os.environ:

@@ -73,18 +73,23 @@ def _later(delay: float, fn):
     return th
 
 
+def _signal_later(delay: float, pids, sig: signal.Signals) -> tuple[threading.Timer, list[int]]:
+    """After `delay` s, send `sig` to each pid `pids()` lists then; the list fills with the pids hit."""
+    hit: list[int] = []
+
+    def fire():
+        for pid in pids():
+            os.kill(pid, sig)
+            hit.append(pid)
+
+    return _later(delay, fire), hit
+
+
 def test_receiver_killed_reports_status_and_last_lines(pair2, inv):
     rx, tx, nic = pair2
     ns_rx, ns_tx = inv.hosts[rx.name].ssh.netns, inv.hosts[tx.name].ssh.netns
     bins = traffic.build(rx)
-    killed = []
-
-    def kill_rx():
-        for pid in _pids(ns_rx, "hwt_rx"):
-            os.kill(pid, signal.SIGKILL)
-            killed.append(pid)
-
-    timer = _later(2.5, kill_rx)
+    timer, killed = _signal_later(2.5, lambda: _pids(ns_rx, "hwt_rx"), signal.SIGKILL)
     t0 = time.monotonic()
     try:
         with pytest.raises(TrafficError) as ei:
@@ -310,13 +315,7 @@ def test_host_hangs_commands_fail_in_bounded_time(tmp_path):
         t = hostconn.connect(lab.hosts["a1"], replace(lab.defaults, command_timeout=5, connect_timeout=3))
         t.run(["true"])
         t.start(["sleep", "60"], name="sleeper")
-
-        def hang():
-            for pid in _sshd_pids_in(ns):
-                os.kill(pid, signal.SIGSTOP)
-                stopped.append(pid)
-
-        timer = _later(0.5, hang)
+        timer, stopped = _signal_later(0.5, lambda: _sshd_pids_in(ns), signal.SIGSTOP)
         t0 = time.monotonic()
         try:
             with pytest.raises(CommandTimeout) as ei:

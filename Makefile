@@ -8,11 +8,12 @@ PY      = $(VENV)/bin/python
 HWT     = $(VENV)/bin/hwtests
 
 # Debian packages: lab hosts (sshd, iperf3, ethtool, ping), builds (gcc, make, libelf for
-# kernel modules), the VM lab (qemu, busybox, cpio), PostgreSQL and Chromium for the tests.
+# kernel modules), the VM lab (qemu, busybox, cpio), PostgreSQL and Chromium for the tests,
+# openssl for the netns lab's password logins.
 APT_PACKAGES = openssh-server openssh-client iperf3 ethtool iproute2 iputils-ping procps \
 	util-linux kmod xz-utils gcc make libc6-dev libelf-dev bc \
 	qemu-system-x86 busybox-static cpio postgresql chromium \
-	python3-venv ca-certificates fonts-dejavu-core
+	python3-venv ca-certificates fonts-dejavu-core openssl
 
 .PHONY: setup apt venv test test-fast lab-report clean
 

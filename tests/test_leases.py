@@ -1,4 +1,5 @@
-"""Pair leases: unit behaviour on SQLite, and two real controllers on the netns lab.
+"""Pair leases: unit behaviour on SQLite, racing controllers on SQLite and PostgreSQL, and two
+real controllers on the netns lab.
 
 The lab tests start real `hwtests run` processes against the same pair and the
 same results database: the second one waits, then fails naming the holder
@@ -21,8 +22,9 @@ from hwtests import inventory
 from hwtests.errors import EXIT_INFRA
 from hwtests.hostconn import connect
 from hwtests.journal import Journal
-from hwtests.leases import LeaseBusy, LeaseDB, holder_dead, host_resource
+from hwtests.leases import Lease, LeaseBusy, LeaseDB, holder_dead, host_resource
 from hwtests.store import Store
+from pgfixture import pg_server, pg_url, store_url  # noqa: F401
 
 
 def _db(tmp_path):
@@ -78,6 +80,40 @@ def test_live_holder_is_not_dead():
     assert not holder_dead(f"root@{os.uname().nodename}:1:1")        # init lives
     assert not holder_dead("root@some-other-machine:999999:1")       # cannot tell: wait for expiry
     assert not holder_dead("garbage")
+
+
+def test_racing_controllers_one_wins_each_round(store_url):
+    """Six controllers (own connections, started together) want overlapping host sets, twenty
+    rounds, on SQLite and PostgreSQL: whoever wins holds all its hosts and no one else holds any
+    of them; the losers hold nothing."""
+    import threading
+
+    with Store.open(store_url) as st:
+        db = LeaseDB(st.connect, st.placeholder)
+        wants = [["h1", "h2"], ["h2", "h3"], ["h3", "h1"], ["h1"], ["h2", "h3", "h1"], ["h3"]]
+        for rnd in range(20):
+            go = threading.Barrier(len(wants))
+            got: dict[int, bool] = {}
+
+            def race(i):
+                go.wait()
+                got[i] = db.try_acquire(wants[i], f"c{i}@x:{rnd}:1", f"controller {i}", 30)[0]
+
+            threads = [threading.Thread(target=race, args=(i,)) for i in range(len(wants))]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(30)
+            winners = [i for i, ok in got.items() if ok]
+            held = {r: info for r, info, _ in db.holders()}
+            assert len(got) == len(wants) and winners, got
+            for i in winners:
+                assert all(held.get(r) == f"controller {i}" for r in wants[i]), (rnd, winners, held)
+            claimed = [r for i in winners for r in wants[i]]
+            assert len(claimed) == len(set(claimed)) == len(held), (rnd, winners, held)
+            for i in winners:
+                Lease(db, wants[i], f"c{i}@x:{rnd}:1", 30).release()
+            assert db.holders() == []
 
 
 def test_renewal_extends_expiry(tmp_path):

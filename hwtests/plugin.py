@@ -70,6 +70,8 @@ def pytest_configure(config: pytest.Config) -> None:
         check_label(config.getoption("--kernel-build") or "unlabeled")
     except HwtestsError as exc:
         raise pytest.UsageError(str(exc)) from None
+    if not 1 <= config.getoption("--lease-ttl") <= 86400 or not 0 <= config.getoption("--lease-wait") <= 86400:
+        raise pytest.UsageError("--lease-ttl must be 1..86400 s and --lease-wait 0..86400 s")
     unknown = [p for p in config.getoption("--pair") if p not in inv.pairs]
     if unknown:
         raise pytest.UsageError(f"--pair: unknown pair {unknown[0]!r}; pairs in {path}: {', '.join(inv.pairs) or 'none'}")

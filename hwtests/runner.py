@@ -25,7 +25,24 @@ def add_command(sub) -> None:
     p.add_argument("--db", metavar="URL", help="results store (SQLite path or postgresql://...)")
     p.add_argument("--gate-baseline", metavar="LABEL", help="compare against this build after the run")
     p.add_argument("--html", metavar="PATH", help="write the HTML report here")
+    p.add_argument("--lease-wait", type=_seconds(0), metavar="SECONDS",
+                   help="wait this long for a pair another controller holds, then fail naming it (default 600)")
+    p.add_argument("--lease-ttl", type=_seconds(1), metavar="SECONDS",
+                   help="lease expiry, renewed while the run lives; a dead controller's pair is free after it "
+                   "(default 60)")
     p.set_defaults(func=run, accepts_extra=True)
+
+
+def _seconds(lo: float):
+    def parse(v: str) -> float:
+        try:
+            f = float(v)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{v!r} is not a number of seconds") from None
+        if not lo <= f <= 86400:
+            raise argparse.ArgumentTypeError(f"{v} is not between {lo:g} and 86400 seconds")
+        return f
+    return parse
 
 
 def pytest_args(args: argparse.Namespace) -> list[str]:
@@ -33,10 +50,10 @@ def pytest_args(args: argparse.Namespace) -> list[str]:
            "--inventory", args.inventory, "--kernel-build", args.kernel_build]
     for p in args.pair:
         out += ["--pair", p]
-    for opt in ("db", "gate_baseline", "html"):
-        val = getattr(args, opt)
-        if val:
-            out += ["--" + opt.replace("_", "-"), val]
+    for opt in ("db", "gate_baseline", "html", "lease_wait", "lease_ttl"):
+        val = getattr(args, opt, None)
+        if val is not None and val != "":
+            out += ["--" + opt.replace("_", "-"), str(val)]
     extra = list(getattr(args, "extra", []))
     if any(a == "-n" or a.startswith("-n") or a.startswith("--numprocesses") for a in extra):
         out += ["--dist", "loadgroup"]

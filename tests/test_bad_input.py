@@ -309,7 +309,8 @@ DBS = ["full.db", "empty.db", "notadb.db", "missing.db", "nodir/x.db", "postgres
 OPTIONS = {
     "probe": {"--inventory": ["bad.yaml", "missing.yaml", "."], "--host": HOSTILE, "--json": None},
     "run": {"--inventory": ["bad.yaml", "missing.yaml"], "--kernel-build": HOSTILE, "--pair": HOSTILE,
-            "--db": DBS, "--gate-baseline": HOSTILE, "--html": ["out.html"], "-k": HOSTILE, "-n": HOSTILE},
+            "--db": DBS, "--gate-baseline": HOSTILE, "--html": ["out.html"], "-k": HOSTILE, "-n": HOSTILE,
+            "--lease-wait": HOSTILE | st.floats().map(str), "--lease-ttl": HOSTILE | st.floats().map(str)},
     "ab": {"--inventory": ["bad.yaml", "missing.yaml"], "--pair": HOSTILE, "--baseline": HOSTILE,
            "--candidate": HOSTILE, "--rounds": HOSTILE, "--db": DBS, "--html": ["out.html"],
            "--boot-timeout": HOSTILE},

@@ -19,6 +19,12 @@ def _root_ns_view() -> str:
     return out + routes
 
 
+def _procs(t) -> set[str]:
+    """Command lines of the processes the host sees, whole: a lab host shares this machine's PID
+    space, so a substring could match someone else's process (`sleep 40` in `sleep 400`)."""
+    return {ln.strip() for ln in t.run(["ps", "-eo", "args"]).stdout.splitlines()}
+
+
 @pytest.fixture(scope="module")
 def inv(netns_lab):
     return inventory.load(netns_lab)
@@ -46,10 +52,10 @@ def test_run_commands(a1, inv):
 
 def test_timeout_names_host_and_kills(a1):
     t0 = time.monotonic()
-    with pytest.raises(CommandTimeout, match="a1: `sleep 30` did not finish within 0.5 s"):
-        a1.run("sleep 30", timeout=0.5)
+    with pytest.raises(CommandTimeout, match=r"a1: `sleep 30.417` did not finish within 0.5 s"):
+        a1.run("sleep 30.417", timeout=0.5)
     assert time.monotonic() - t0 < 5
-    assert "sleep 30" not in a1.run(["ps", "-eo", "args"]).stdout
+    assert "sleep 30.417" not in _procs(a1)
 
 
 def test_upload_and_tmpdir_removed(a1, tmp_path):
@@ -64,15 +70,15 @@ def test_upload_and_tmpdir_removed(a1, tmp_path):
 
 
 def test_background_process_stopped_with_children(a1):
-    bg = a1.start(["sh", "-c", "sleep 40 & sleep 41; wait"], name="tree")
+    bg = a1.start(["sh", "-c", "sleep 40.417 & sleep 41.417; wait"], name="tree")
     time.sleep(0.3)
     assert bg.alive()
-    ps = a1.run(["ps", "-eo", "args"]).stdout
-    assert "sleep 40" in ps and "sleep 41" in ps
+    ps = _procs(a1)
+    assert "sleep 40.417" in ps and "sleep 41.417" in ps
     bg.stop(grace=1)
     assert not bg.alive()
-    ps = a1.run(["ps", "-eo", "args"]).stdout
-    assert "sleep 40" not in ps and "sleep 41" not in ps
+    ps = _procs(a1)
+    assert "sleep 40.417" not in ps and "sleep 41.417" not in ps
 
 
 def test_background_output(a1):

@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
 from hwtests import cli, inventory, traffic
-from hwtests.errors import HwtestsError, InputError
+from hwtests.errors import InputError
 from hwtests.store import HostInfo, Run, Sample, Store
 
 DATA = Path(__file__).parent / "data" / "pagepool"

@@ -82,7 +82,7 @@ def test_live_holder_is_not_dead():
     assert not holder_dead("garbage")
 
 
-def test_racing_controllers_one_wins_each_round(store_url):
+def test_racing_controllers_one_wins_each_round(store_url):  # noqa: F811
     """Six controllers (own connections, started together) want overlapping host sets, twenty
     rounds, on SQLite and PostgreSQL: whoever wins holds all its hosts and no one else holds any
     of them; the losers hold nothing."""

@@ -13,6 +13,7 @@ one transaction, so two controllers can never both hold a host.
 
 from __future__ import annotations
 
+import argparse
 import getpass
 import os
 import socket
@@ -29,6 +30,19 @@ CREATE = """CREATE TABLE IF NOT EXISTS leases (
     acquired DOUBLE PRECISION NOT NULL,
     expires DOUBLE PRECISION NOT NULL
 )"""
+
+
+def seconds(lo: float):
+    """An argparse type: seconds from `lo` to a day (a lease TTL of 0 would renew in a busy loop)."""
+    def parse(v: str) -> float:
+        try:
+            f = float(v)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{v!r} is not a number of seconds") from None
+        if not lo <= f <= 86400:
+            raise argparse.ArgumentTypeError(f"{v} is not between {lo:g} and 86400 seconds")
+        return f
+    return parse
 
 
 def holder_id() -> str:

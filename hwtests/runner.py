@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from .errors import EXIT_INFRA, EXIT_INTERRUPTED, EXIT_USAGE
+from .leases import seconds
 
 SUITE_DIR = Path(__file__).parent / "suite"
 
@@ -25,24 +26,12 @@ def add_command(sub) -> None:
     p.add_argument("--db", metavar="URL", help="results store (SQLite path or postgresql://...)")
     p.add_argument("--gate-baseline", metavar="LABEL", help="compare against this build after the run")
     p.add_argument("--html", metavar="PATH", help="write the HTML report here")
-    p.add_argument("--lease-wait", type=_seconds(0), metavar="SECONDS",
+    p.add_argument("--lease-wait", type=seconds(0), metavar="SECONDS",
                    help="wait this long for a pair another controller holds, then fail naming it (default 600)")
-    p.add_argument("--lease-ttl", type=_seconds(1), metavar="SECONDS",
+    p.add_argument("--lease-ttl", type=seconds(1), metavar="SECONDS",
                    help="lease expiry, renewed while the run lives; a dead controller's pair is free after it "
                    "(default 60)")
     p.set_defaults(func=run, accepts_extra=True)
-
-
-def _seconds(lo: float):
-    def parse(v: str) -> float:
-        try:
-            f = float(v)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{v!r} is not a number of seconds") from None
-        if not lo <= f <= 86400:
-            raise argparse.ArgumentTypeError(f"{v} is not between {lo:g} and 86400 seconds")
-        return f
-    return parse
 
 
 def pytest_args(args: argparse.Namespace) -> list[str]:

@@ -373,10 +373,14 @@ _COUNTERS = ("bytes", "mismatches", "validated_bytes", "tokens_returned", "zc_se
 _TEXTS = ("role", "mode", "version", "unsupported", "step", "error", "extack", "ifname")
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)      # JSON true is no number
+
+
 def _is_num(v: Any, integer: bool = False) -> bool:
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        return False
-    return (isinstance(v, int) and v >= 0) if integer else (v == v and abs(v) != float("inf") and v >= 0)
+    if integer:
+        return _is_int(v) and v >= 0
+    return (_is_int(v) or isinstance(v, float)) and v == v and abs(v) != float("inf") and v >= 0
 
 
 def check_summary(obj: dict[str, Any], host: str, role: str) -> dict[str, Any]:
@@ -393,11 +397,11 @@ def check_summary(obj: dict[str, Any], host: str, role: str) -> dict[str, Any]:
             raise bad(k, "a number >= 0")
         if k in ("samples", "flow_bytes") and not (isinstance(v, list) and all(_is_num(x) for x in v)):
             raise bad(k, "a list of numbers >= 0")
-        if k == "port" and not (isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 65535):
+        if k == "port" and not (_is_int(v) and 0 <= v <= 65535):
             raise bad(k, "a port number")
         if k in _TEXTS and not isinstance(v, str):
             raise bad(k, "a string")
-        if k == "errno" and not (isinstance(v, int) and not isinstance(v, bool)):
+        if k == "errno" and not _is_int(v):
             raise bad(k, "an integer")
         if k == "errors" and not (isinstance(v, list) and all(isinstance(x, str) for x in v)):
             raise bad(k, "a list of strings")
@@ -453,7 +457,7 @@ def _check_unsupported(host: str, role: str, status: int, stdout: str) -> None:
     reason = str(summ.get("unsupported") or "unsupported (no reason printed)")
     errno = summ.get("errno")
     raise Unsupported(reason, host=host, role=role, step=str(summ.get("step", "")),
-                      errno=errno if isinstance(errno, int) and not isinstance(errno, bool) else None, summary=summ)
+                      errno=errno if _is_int(errno) else None, summary=summ)
 
 
 def _addr_arg(addr: str) -> str:

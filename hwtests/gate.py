@@ -359,11 +359,11 @@ def _more_runs(b: np.ndarray, c: np.ndarray, t: Threshold, level: float, plan: P
     if plan is None:
         need = runs_needed(b, c, t.fail_delta(float(np.median(b))), level) if n >= MIN_RUNS else min_runs_for(level)
         if n >= MAX_RUNS or need > MAX_RUNS:
-            return None, f"noisy: {MAX_RUNS} runs per side cannot decide it; {NOISE_HINT}"
+            return None, f"{MAX_RUNS} runs per side cannot decide it; {NOISE_HINT}"
         return min(MAX_RUNS - n, max(1, need - n)), ""
     sizes = plan.sizes()
     if look >= len(sizes):
-        return None, f"noisy: still undecided at the cap of {plan.cap} {plan.unit}; {NOISE_HINT}, or raise the cap"
+        return None, f"still undecided at the cap of {plan.cap} {plan.unit}; {NOISE_HINT}, or raise the cap"
     return sizes[look] - sizes[look - 1], ""
 
 

@@ -346,7 +346,7 @@ def test_ab_extension_stops_at_the_cap_and_says_so_once(tmp_path):
     assert compare.exit_code(comps) == 3
     text = compare.format_table(comps, "A", "B")
     notes = [line for line in text.splitlines() if "pagepool/noisy cycles:" in line]
-    assert notes == ["  pagepool/noisy cycles: inconclusive: noisy: still undecided at the cap of 6 boot(s) per build; "
+    assert notes == ["  pagepool/noisy cycles: inconclusive: still undecided at the cap of 6 boot(s) per build; "
                      "reduce the testbed's noise (governor, boost, SMT, pinning) rather than adding runs, or raise the cap"]
     assert dict(compare.junit_properties(comps))["gate:pagepool/noisy:cycles"].endswith(
         "more_runs=none (the cap cannot decide it)")

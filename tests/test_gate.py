@@ -78,7 +78,7 @@ def test_noisy_inconclusive_is_capped_and_says_why():
     c = compare_samples(base, cand, "lower", metric="cycles")
     assert c.verdict == "inconclusive"
     # one message: the cap cannot decide it (no "take 50 more" next to "about N runs would be needed")
-    assert c.more_runs is None and "noisy" in c.note and f"{gate.MAX_RUNS} runs per side cannot decide" in c.note
+    assert c.more_runs is None and "noise" in c.note and f"{gate.MAX_RUNS} runs per side cannot decide" in c.note
     assert gate.advice(c) == f"inconclusive: {c.note}"
     assert gate.decided(c)
 

@@ -5,6 +5,10 @@ component of their own, and drift over an evening hits whichever build runs
 last. Alternating the builds per boot spreads both over A and B equally; every
 sample keeps its boot id. After the rounds the gate compares the builds and the
 HTML report is written.
+
+The pair's lease is taken before the first switch and held, renewed, across every
+boot, suite, the gate and the report; the suites borrow it (`--lease-holder`), so
+no other controller can take, reboot or use the pair between two boots of the plan.
 """
 
 from __future__ import annotations
@@ -12,11 +16,13 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
-from . import kswitch
-from .errors import EXIT_FAIL, EXIT_INTERRUPTED, InputError
+from . import identity, kswitch, runner
+from .errors import EXIT_FAIL, EXIT_INTERRUPTED, InfraError, InputError
 from .inventory import load
+from .leases import seconds
 
 
 def add_command(sub) -> None:
@@ -35,6 +41,10 @@ def add_command(sub) -> None:
     p.add_argument("--db", metavar="URL", help="results store (default .hwtests/results.db)")
     p.add_argument("--html", metavar="PATH", help="write the HTML report here")
     p.add_argument("--boot-timeout", type=float, default=300.0, help="seconds a host may take to come back")
+    p.add_argument("--lease-wait", type=seconds(0), metavar="SECONDS",
+                   help="wait this long for a pair another controller holds, then fail naming it (default 600)")
+    p.add_argument("--lease-ttl", type=seconds(1), metavar="SECONDS",
+                   help="lease expiry, renewed from the first switch to the end of the plan (default 60)")
     p.set_defaults(func=run, accepts_extra=True)
 
 
@@ -49,10 +59,6 @@ def schedule(a: str, b: str, rounds: int) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    import pytest
-
-    from . import runner
-
     inv = load(args.inventory)
     if not inv.pairs:
         raise InputError(f"{args.inventory}: no pairs")
@@ -68,16 +74,28 @@ def run(args: argparse.Namespace) -> int:
             kswitch.build_of(inv, inv.hosts[h], label)
     if not 1 <= args.rounds <= 50:
         raise InputError("--rounds must be 1..50")
+    with ExitStack() as stack:
+        lease = runner.plan_lease(stack, inv, [pair], args, f"ab {a} vs {b}")
+        return _plan(args, inv, pair, a, b, lease.holder, lambda: lease.lost)
+
+
+def _plan(args: argparse.Namespace, inv, pair, a: str, b: str, holder: str, lost) -> int:
+    """Boots, suites, gate and report, all under the lease `holder` holds."""
+    import pytest
+
     say = (lambda s: print(s, file=sys.stderr, flush=True))
     worst = 0
     plan = schedule(a, b, args.rounds)
     t_start = time.monotonic()
     for i, label in enumerate(plan, start=1):
+        if lost():
+            raise InfraError(f"pair {pair.name}: {lost()} before boot {i}/{len(plan)}; no comparison made")
         say(f"== boot {i}/{len(plan)}: {label} ({time.monotonic() - t_start:.0f} s elapsed)")
         for h in (pair.rx.host, pair.tx.host):
             kswitch.switch(inv, inv.hosts[h], label, timeout=args.boot_timeout, force=i > 1, progress=say)
         ns = argparse.Namespace(inventory=args.inventory, kernel_build=label, pair=[pair.name], db=args.db,
-                                gate_baseline=None, html=None, extra=list(getattr(args, "extra", [])))
+                                gate_baseline=None, html=None, lease_holder=holder,
+                                extra=list(getattr(args, "extra", [])))
         from . import plugin
         plugin.last_exit_set = None
         rc = int(pytest.main(runner.pytest_args(ns)))
@@ -93,6 +111,8 @@ def run(args: argparse.Namespace) -> int:
 
     store = Store.open(args.db)
     comps = compare.compare_labels(store, a, b, thresholds=inv.thresholds)
+    for w in identity.conflicts(store.runs(labels=[a, b])):
+        say(f"hwtests: WARNING: {w}")
     print(compare.format_table(comps, a, b))
     code = compare.exit_code(comps)
     if args.html:

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from . import identity
 from .errors import InputError
 
 MAX_POINTS = 2000          # plotted points per build and metric
@@ -848,6 +849,7 @@ def _fill(ctx: Ctx, store, painter: "_Painter", note=None, csv_path=None, thresh
         ctx.banners.append({"kind": "emulated", "text": emu})
     if note:
         ctx.banners.append({"kind": "note", "text": note})
+    ctx.problems += identity.conflicts(runs)      # one label, several kernels: its figures mix builds
 
     # -- per-build statistics
     _phase('per-build statistics')

@@ -282,17 +282,14 @@ def _build_on_host(t: Transport, files: dict[str, bytes], d: str) -> dict[str, s
     return sums
 
 
-_memo: dict[tuple[int, str], TrafficBinaries] = {}
-
-
 def build(t: Transport, *, cache_root: Path | None = None, force_host_build: bool = False,
           files: dict[str, bytes] | None = None) -> TrafficBinaries:
     """Make hwt_rx/hwt_tx runnable on the host behind `t`; returns their paths and digests."""
     files = source_files() if files is None else files
     digest = source_hash(files)
-    key = (id(t), digest + ("-host" if force_host_build else ""))
-    if key in _memo:
-        return _memo[key]
+    key = "traffic:" + digest + ("-host" if force_host_build else "")
+    if key in t.memo:          # built through this connection already (its temp dir still exists)
+        return t.memo[key]
     arch, release = _host_facts(t)
     d = _host_cache_dir(t, digest, arch, release)
     how = "controller-static" if (arch == platform.machine() and not force_host_build) else "host-cc"
@@ -310,13 +307,8 @@ def build(t: Transport, *, cache_root: Path | None = None, force_host_build: boo
             sums = _build_on_host(t, files, d)
     res = TrafficBinaries(rx=posixpath.join(d, "hwt_rx"), tx=posixpath.join(d, "hwt_tx"), source_hash=digest,
                           how=how, arch=arch, kernel_release=release, sha256=dict(sums))
-    _memo[key] = res
+    t.memo[key] = res
     return res
-
-
-def forget_builds() -> None:
-    """Drop the per-process memo (tests)."""
-    _memo.clear()
 
 
 # -- running ----------------------------------------------------------------------------------

@@ -61,14 +61,15 @@ def rx_bins_cache():
 
 
 @pytest.fixture
-def rx_bins(rx_host, rx_bins_cache):
-    """The traffic programs on the RX host (built once per session)."""
+def rx_bins(rx_host, rx_bins_cache, hw_session):
+    """The traffic programs on the RX host (built once per session; their hashes go into the run)."""
     from hwtests import traffic
     if rx_host.name not in rx_bins_cache:
         try:
             rx_bins_cache[rx_host.name] = traffic.build(rx_host.t)
         except HwtestsError as exc:
             pytest.fail(f"{rx_host.name}: building the traffic programs failed: {exc}", pytrace=False)
+        hw_session.deployed(rx_host.name, rx_bins_cache[rx_host.name].artifacts())
     return rx_bins_cache[rx_host.name]
 
 

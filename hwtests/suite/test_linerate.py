@@ -95,7 +95,7 @@ def _deploy(request, traffic_bins, he):
             pytest.fail(f"{he.name}: building the traffic programs failed: {exc}", pytrace=False)
         try:
             hs = request.getfixturevalue("hw_session")
-            hs.artifacts.update({f"{he.name}:{k}": v for k, v in traffic_bins[he.name].artifacts().items()})
+            hs.deployed(he.name, traffic_bins[he.name].artifacts())
         except pytest.FixtureLookupError:
             pass
     return traffic_bins[he.name]

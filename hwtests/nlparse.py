@@ -191,3 +191,22 @@ def ethtool_version(text: str) -> tuple[int, int] | None:
     """`ethtool --version` -> (6, 1); None when it says no version."""
     m = _ETHTOOL_VERSION.search(text)
     return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def queue_rx_delta(before: list[QueueStats], after: list[QueueStats], queue: int) -> int | None:
+    """rx-bytes RX queue `queue` counted between two qstats answers; None when either lacks it."""
+    a, b = rx_bytes(before, queue), rx_bytes(after, queue)
+    return None if a is None or b is None else b - a
+
+
+def zero_copy_shortfall(delta: int, received: int, queue: int) -> str | None:
+    """Why `received` payload bytes cannot all have come through the bound queue, or None when they can.
+
+    The queue's rx-bytes count whole frames, so a flow that stayed on it gives at least
+    the payload; less means io_uring zcrx copied the rest in from other queues (its copy
+    fallback), which a zero-copy test must not pass.
+    """
+    if delta >= received:
+        return None
+    return (f"the bound queue {queue} counted {delta} rx-bytes but the receiver got {received} payload bytes: "
+            f"at least {received - delta} bytes came through other queues and were copied, not zero-copy")

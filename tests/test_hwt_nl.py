@@ -241,3 +241,19 @@ def test_lab_veth_queues_and_rings(netns_lab):
         assert nlclient.wait_released(t, bins.nl, ifname, [0]) < 1.0
     finally:
         t.close()
+
+
+def test_zero_copy_shortfall_from_queue_counters():
+    """zcrx: the bound queue's rx-bytes must cover the payload received; less is copy fallback."""
+    before = nlparse.parse_qstats(json.dumps({"cmd": "qstats", "qstats": [
+        {"queue-type": "rx", "queue-id": 3, "rx-bytes": 1000}, {"queue-type": "rx", "queue-id": 0, "rx-bytes": 5}]}))
+    after = nlparse.parse_qstats(json.dumps({"cmd": "qstats", "qstats": [
+        {"queue-type": "rx", "queue-id": 3, "rx-bytes": 69_000_000}, {"queue-type": "rx", "queue-id": 0,
+                                                                      "rx-bytes": 40_000_000}]}))
+    delta = nlparse.queue_rx_delta(before, after, 3)
+    assert delta == 68_999_000
+    assert nlparse.zero_copy_shortfall(delta, 64 << 20, 3) is None            # headers make it more than the payload
+    msg = nlparse.zero_copy_shortfall(nlparse.queue_rx_delta(before, after, 0), 64 << 20, 0)
+    assert msg == ("the bound queue 0 counted 39999995 rx-bytes but the receiver got 67108864 payload bytes: at least "
+                   "27108869 bytes came through other queues and were copied, not zero-copy")
+    assert nlparse.queue_rx_delta(before, after, 7) is None                    # not counted: cannot tell

@@ -444,6 +444,7 @@ def test_hwt_nl_queues_and_rings_on_virtio(vm_lab, lab_releases):
     """deb6.12 with virtio_net: queue-get lists the data NIC's queues with no memory provider,
     rings-get answers without header split or threshold (the driver has neither), and header
     split setup reports Unsupported after asking the kernel, since the guest's ethtool shows n/a."""
+    import errno
     from types import SimpleNamespace
 
     from hwtests import nicsetup, nlclient, nlparse, traffic
@@ -467,6 +468,10 @@ def test_hwt_nl_queues_and_rings_on_virtio(vm_lab, lab_releases):
         with pytest.raises(nicsetup.Unsupported, match=r"the driver reports no TCP data split \(netlink rings-get\)"):
             nicsetup.set_header_split(he, True)
         assert he.journal.pending() == []
-        print(f"6.12 virtio_net: {len(rx)} rx queue(s), rings {rings}")
+        # the request reaches the kernel's rings-set, which refuses it for this driver
+        with pytest.raises(nlclient.NlUnsupported) as ei:
+            nlclient.run(t, bins.nl, "rings-set", nic.ifname, "tcp-data-split", "on")
+        assert ei.value.errno == errno.EOPNOTSUPP, ei.value
+        print(f"6.12 virtio_net: {len(rx)} rx queue(s), rings {rings}; rings-set: {ei.value} [{ei.value.extack}]")
     finally:
         t.close()

@@ -160,7 +160,6 @@ def real_nl(tmp_path_factory):
     if not shutil.which("cc") or not shutil.which("make"):
         pytest.skip("no cc/make on this machine")
     t = LocalTransport("local")
-    traffic.forget_builds()
     bins = traffic.build(t, cache_root=tmp_path_factory.mktemp("traffic-cache"))
     yield bins.nl
     t.cleanup()

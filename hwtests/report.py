@@ -267,6 +267,11 @@ def fmt_shift(x, metric: str = "") -> str:
     return ("+" if x > 0 else "−" if x < 0 else "±") + s
 
 
+def break_points(name: str) -> list[str]:
+    """A name cut after each `/`, `_` and `-`: the places where the summary may wrap it (pure)."""
+    return [part for part in re.split(r"(?<=[/_-])", str(name)) if part]
+
+
 def fmt_int(n) -> str:
     try:
         return f"{int(n):,}".replace(",", "\u2009")
@@ -1365,7 +1370,9 @@ def render(ctx: Ctx) -> str:
         loader=jinja2.PackageLoader("hwtests", "templates"),
         autoescape=jinja2.select_autoescape(["html", "j2"], default=True),
         trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
-    env.filters.update(v=fmt_value, p=fmt_p, pct=fmt_pct, shift=fmt_shift, int=fmt_int)
+    markup = jinja2.utils.markupsafe.Markup
+    env.filters.update(v=fmt_value, p=fmt_p, pct=fmt_pct, shift=fmt_shift, int=fmt_int,
+                       wbr=lambda name: markup("<wbr>").join(break_points(name)))
     env.globals.update(VERDICT_LABEL=VERDICT_LABEL, Markup=jinja2.utils.markupsafe.Markup)
     tpl = env.get_template("report.html.j2")
     return tpl.render(c=ctx, version=_version())

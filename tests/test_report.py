@@ -24,6 +24,7 @@ from hwtests.report import fmt_p, fmt_pct, fmt_value, median_ci, thin_sorted, wr
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 REGRESSED = "pagepool/no-softirq-page_pool01"
 STABLE = ("pagepool/no-softirq-page_pool02", "pagepool/tasklet_page_pool01_fast_path")
+CEILING_1500 = 1448 / 1538
 
 
 def _host(role: str, name: str, kernel: str, cfg: str, boot: str, governor: str = "performance"):
@@ -64,6 +65,12 @@ def fill(store, runs: int = 10, reps: int = 10, seed: int = 7) -> None:
             for i, g in enumerate(9.40 + rng.normal(0, 0.02, 3)):
                 samples.append(Sample(test="linerate/devmem", metric="gbps", value=float(g), unit="Gbit/s",
                                       better="higher", repetition=i, boot_id=boot, host="vm1"))
+                # a 10G link at MTU 1500 (IPv4): 1448 payload bytes in 1538 on the wire
+                link = 100 * g * 1000 / 10_000
+                for metric, v in (("link_pct", link), ("ceiling_pct", link / CEILING_1500)):
+                    samples.append(Sample(test="linerate/devmem", metric=metric, value=float(v), unit="%",
+                                          better="higher", repetition=i, boot_id=boot, host="vm1",
+                                          extra={"speed_mbps": 10_000, "mtu": 1500, "family": 4}))
             store.add_samples(rid, samples)
             store.add_outcome(rid, REGRESSED, "passed")
             store.add_outcome(rid, "linerate/zcrx", "skipped", "missing capability: io_uring_zcrx")
@@ -191,6 +198,40 @@ def test_cli_writes_report_and_rejects_unknown_build(store, tmp_path):
                               str(tmp_path / "x.html")], capture_output=True, text=True, timeout=120)
     assert p.returncode == 2
     assert "nosuch" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+
+
+def test_link_and_ceiling_side_by_side(page, store):
+    """linerate/devmem: % of link and % of TCP ceiling in adjacent summary rows, named by what they
+    are shares of, and side by side per build in the test's section, with the ceiling they imply."""
+    html = page.read_text()
+    rows = [r for r in _summary_rows(html) if "linerate/devmem" in r]
+    metrics = [re.search(r'<td class="mono">(\w+)', r).group(1) for r in rows]
+    assert metrics == ["gbps", "link_pct", "ceiling_pct"]
+    assert "[% of link]" in rows[1] and "[% of TCP ceiling]" in rows[2]
+    df = store.samples(labels=["base", "patched"], test_glob="linerate/*")
+    sec = html[html.index('<section class="test" id="t-linerate-devmem">'):]
+    table = re.search(r'<table class="linerate">.*?</table>', sec, re.S).group(0)
+    assert re.findall(r"<th[^>]*>([^<]*)</th>", table) == ["build", "Gbit/s", "% of link", "% of TCP ceiling",
+                                                          "TCP ceiling, % of link"]
+    got = [[re.sub(r"<[^>]+>", "", c).strip() for c in re.findall(r"<td[^>]*>(.*?)</td>", tr, re.S)]
+           for tr in re.findall(r"<tr>(.*?)</tr>", table.split("<tbody>")[1], re.S)]
+    want = []
+    for b in ("base", "patched"):
+        med = {m: float(df[(df.label == b) & (df.metric == m)]["value"].median()) for m in ("gbps", "link_pct",
+                                                                                            "ceiling_pct")}
+        want.append([b, f"{med['gbps']:.2f}", f"{med['link_pct']:.1f}", f"{med['ceiling_pct']:.1f}",
+                     f"{100 * CEILING_1500:.2f}"])
+    assert got == want
+    assert want[0][4] == "94.15" and 99 < float(want[0][3]) < 100.5
+
+
+def test_line_rate_rows():
+    med = {("gbps", "a"): 9.4, ("link_pct", "a"): 94.0, ("ceiling_pct", "a"): 94.0 / CEILING_1500,
+           ("gbps", "b"): 9.0, ("link_pct", "b"): 90.0, ("gbps", "c"): 1.0}
+    rows = report.line_rate_rows(med, ["a", "b", "c"])
+    assert [r["build"] for r in rows] == ["a", "b"]              # c has neither share
+    assert rows[0]["ceiling"] == pytest.approx(100 * CEILING_1500) and rows[0]["gbps"] == 9.4
+    assert rows[1]["ceiling_pct"] is None and rows[1]["ceiling"] is None and rows[1]["link_pct"] == 90.0
 
 
 def test_break_points():

@@ -6,6 +6,10 @@ last. Alternating the builds per boot spreads both over A and B equally; every
 sample keeps its boot id. After the rounds the gate compares the builds and the
 HTML report is written.
 
+The pair's lease is taken before the first switch and held, renewed, across every
+boot, suite, the gate and the report; the suites borrow it (`--lease-holder`), so
+no other controller can take, reboot or use the pair between two boots of the plan.
+
 When the gate leaves tests inconclusive, more A B boots run only those tests, one look of a
 sequential plan at a time (`--rounds` more boots per build per look, up to `--max-rounds`),
 and each look is judged at its share of the gate's fail_p (gate.Plan), so extending does not
@@ -17,13 +21,15 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Callable, Iterable
 
-from . import gate, kswitch
-from .errors import EXIT_FAIL, EXIT_INTERRUPTED, InputError
+from . import gate, identity, kswitch, runner
+from .errors import EXIT_FAIL, EXIT_INTERRUPTED, InfraError, InputError
 from .gate import Comparison
 from .inventory import load
+from .leases import seconds
 
 
 def add_command(sub) -> None:
@@ -45,6 +51,10 @@ def add_command(sub) -> None:
     p.add_argument("--db", metavar="URL", help="results store (default .hwtests/results.db)")
     p.add_argument("--html", metavar="PATH", help="write the HTML report here")
     p.add_argument("--boot-timeout", type=float, default=300.0, help="seconds a host may take to come back")
+    p.add_argument("--lease-wait", type=seconds(0), metavar="SECONDS",
+                   help="wait this long for a pair another controller holds, then fail naming it (default 600)")
+    p.add_argument("--lease-ttl", type=seconds(1), metavar="SECONDS",
+                   help="lease expiry, renewed from the first switch to the end of the plan (default 60)")
     p.set_defaults(func=run, accepts_extra=True)
 
 
@@ -59,10 +69,6 @@ def schedule(a: str, b: str, rounds: int) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    import pytest
-
-    from . import runner
-
     inv = load(args.inventory)
     if not inv.pairs:
         raise InputError(f"{args.inventory}: no pairs")
@@ -79,16 +85,28 @@ def run(args: argparse.Namespace) -> int:
     if not 1 <= args.rounds <= 50:
         raise InputError("--rounds must be 1..50")
     plan_of(args)       # a bad --max-rounds is one line here, before any boot
+    with ExitStack() as stack:
+        lease = runner.plan_lease(stack, inv, [pair], args, f"ab {a} vs {b}")
+        return _plan(args, inv, pair, a, b, lease.holder, lambda: lease.lost)
+
+
+def _plan(args: argparse.Namespace, inv, pair, a: str, b: str, holder: str, lost) -> int:
+    """Boots, suites, gate and report, all under the lease `holder` holds."""
+    import pytest
+
     say = (lambda s: print(s, file=sys.stderr, flush=True))
     worst = 0
     plan = schedule(a, b, args.rounds)
     t_start = time.monotonic()
     for i, label in enumerate(plan, start=1):
+        if lost():
+            raise InfraError(f"pair {pair.name}: {lost()} before boot {i}/{len(plan)}; no comparison made")
         say(f"== boot {i}/{len(plan)}: {label} ({time.monotonic() - t_start:.0f} s elapsed)")
         for h in (pair.rx.host, pair.tx.host):
             kswitch.switch(inv, inv.hosts[h], label, timeout=args.boot_timeout, force=i > 1, progress=say)
         ns = argparse.Namespace(inventory=args.inventory, kernel_build=label, pair=[pair.name], db=args.db,
-                                gate_baseline=None, html=None, extra=list(getattr(args, "extra", [])))
+                                gate_baseline=None, html=None, lease_holder=holder,
+                                extra=list(getattr(args, "extra", [])))
         from . import plugin
         plugin.last_exit_set = None
         rc = int(pytest.main(runner.pytest_args(ns)))
@@ -103,10 +121,12 @@ def run(args: argparse.Namespace) -> int:
     from .store import Store
 
     store = Store.open(args.db)
-    comps, extra_rc = gate_sequentially(args, inv, pair, a, b, store, t_start, say)
+    comps, extra_rc = gate_sequentially(args, inv, pair, a, b, store, holder, lost, t_start, say)
     if extra_rc == EXIT_INTERRUPTED:
         return EXIT_INTERRUPTED
     worst = max(worst, extra_rc)
+    for w in identity.conflicts(store.runs(labels=[a, b])):
+        say(f"hwtests: WARNING: {w}")
     print(compare.format_table(comps, a, b))
     code = compare.exit_code(comps)
     if args.html:
@@ -188,25 +208,31 @@ def extend(plan: gate.Plan, first: list[Comparison], more_boots: Callable[[int, 
     return list(final.values()), None
 
 
-def boot_and_suite(args: argparse.Namespace, inv, pair, label: str, tests: list[str] | None, say) -> int:
-    """Boot the pair into `label` and run the suite (only `tests`' items, if given); pytest's exit code."""
+def boot_and_suite(args: argparse.Namespace, inv, pair, label: str, holder: str, tests: list[str] | None,
+                   say) -> int:
+    """Boot the pair into `label` and run the suite under the plan's lease (only `tests`' items, if given).
+
+    Returns pytest's exit code.
+    """
     import pytest
 
-    from . import plugin, runner
+    from . import plugin
 
     for h in (pair.rx.host, pair.tx.host):
         kswitch.switch(inv, inv.hosts[h], label, timeout=args.boot_timeout, force=True, progress=say)
     ns = argparse.Namespace(inventory=args.inventory, kernel_build=label, pair=[pair.name], db=args.db,
-                            gate_baseline=None, html=None, extra=list(getattr(args, "extra", [])))
+                            gate_baseline=None, html=None, lease_holder=holder,
+                            extra=list(getattr(args, "extra", [])))
     plugin.last_exit_set = None
     return int(pytest.main(runner.pytest_args(ns), plugins=[OnlyTests(tests)] if tests else None))
 
 
-def gate_sequentially(args: argparse.Namespace, inv, pair, a: str, b: str, store, t_start: float,
-                      say) -> tuple[list[Comparison], int]:
+def gate_sequentially(args: argparse.Namespace, inv, pair, a: str, b: str, store, holder: str, lost,
+                      t_start: float, say) -> tuple[list[Comparison], int]:
     """The gate at look 1 after the planned rounds, then extension boots while tests are undecided.
 
-    Returns the final comparisons and 0, EXIT_FAIL (a suite run failed) or EXIT_INTERRUPTED.
+    Returns the final comparisons and 0, EXIT_FAIL (a suite run failed) or EXIT_INTERRUPTED;
+    raises InfraError when the plan's lease is lost before an extra boot.
     """
     import pytest
 
@@ -224,8 +250,10 @@ def gate_sequentially(args: argparse.Namespace, inv, pair, a: str, b: str, store
         for _ in range(step):
             for label in (a, b):
                 boots += 1
+                if lost():
+                    raise InfraError(f"pair {pair.name}: {lost()} before extra boot {boots}; no comparison made")
                 say(f"== extra boot {boots}: {label} ({time.monotonic() - t_start:.0f} s elapsed)")
-                rc = boot_and_suite(args, inv, pair, label, tests, say)
+                rc = boot_and_suite(args, inv, pair, label, holder, tests, say)
                 if rc == int(pytest.ExitCode.INTERRUPTED) and plugin.last_exit_set != rc:
                     say(f"hwtests ab: interrupted during extra boot {boots} ({label}); no comparison made")
                     return EXIT_INTERRUPTED
@@ -235,4 +263,6 @@ def gate_sequentially(args: argparse.Namespace, inv, pair, a: str, b: str, store
         return None
 
     comps, stop = extend(plan, compare_at(1), more_boots, compare_at, say)
+    if boots:
+        say(f"hwtests ab: {boots} extra boot(s) for the undecided tests")
     return comps, stop if stop is not None else worst

@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from typing import Any, Iterable
 
-from . import gate
+from . import gate, identity
 from .errors import InputError
 from .gate import Comparison, Threshold
 
@@ -311,14 +312,18 @@ def run(args) -> int:
     try:
         comps = compare_labels(store, args.baseline, args.candidate, test_glob=args.test, metric=args.metric,
                                pair=args.pair, thresholds=thresholds)
+        warnings = identity.conflicts(store.runs(labels=[args.baseline, args.candidate]))
     finally:
         store.close()
+    for w in warnings:
+        print(f"hwtests: WARNING: {w}", file=sys.stderr)
     if not comps:
         raise InputError(f"no samples of {args.baseline} and {args.candidate} match the selection"
                          + "".join(f" {k}={v}" for k, v in (("--test", args.test), ("--metric", args.metric),
                                                             ("--pair", args.pair)) if v))
     if args.json:
-        print(json.dumps(to_json(comps, args.baseline, args.candidate, thresholds), indent=2, sort_keys=True))
+        print(json.dumps(to_json(comps, args.baseline, args.candidate, thresholds) | {"warnings": warnings},
+                         indent=2, sort_keys=True))
     else:
         print(format_table(comps, args.baseline, args.candidate))
     return exit_code(comps)

@@ -21,17 +21,20 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from dataclasses import asdict, dataclass
 from typing import Sequence
 
 import numpy as np
 
+from . import identity
 from .errors import InputError
 
 MIN_SEGMENT = 3
 PENALTY_PER_LOG_N = 3.0
 # Minimum relative step per metric (research: nightly history floors).
-MAGNITUDE_FLOOR = {"cycles": 0.05, "ns": 0.05, "gbps": 0.01, "cpu_per_gb": 0.02, "link_pct": 0.01}
+MAGNITUDE_FLOOR = {"cycles": 0.05, "ns": 0.05, "gbps": 0.01, "cpu_per_gb": 0.02, "link_pct": 0.01,
+                   "ceiling_pct": 0.01}
 DEFAULT_FLOOR = 0.02
 
 
@@ -177,6 +180,7 @@ def run(args) -> int:
     store = Store.open(args.db, create=False)
     try:
         out = series(store, args.metric, test_glob=args.test, pair=args.pair, last=args.last)
+        warnings = identity.conflicts(store.runs(labels=sorted({r["label"] for s in out for r in s["runs"]})))
         if not out:
             known = [] if args.metric in store.metrics() else store.metrics()
             raise InputError(f"no samples of metric '{args.metric}'"
@@ -185,8 +189,10 @@ def run(args) -> int:
                              + (f"; known metrics: {', '.join(known)}" if known else ""))
     finally:
         store.close()
+    for w in warnings:
+        print(f"hwtests: WARNING: {w}", file=sys.stderr)
     if args.json:
-        print(json.dumps({"metric": args.metric, "series": out}, indent=2))
+        print(json.dumps({"metric": args.metric, "series": out, "warnings": warnings}, indent=2))
     else:
         print(format_series(out))
     return 0

@@ -20,6 +20,7 @@ import yaml
 from .errors import InputError
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+CONFIG_HASH_RE = re.compile(r"^[0-9a-fA-F]{12,64}$")
 IFNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,14}$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 
@@ -71,6 +72,7 @@ class KernelBuild:
     cmdline: str | None = None
     headers: str | None = None
     release: str | None = None
+    config_hash: str | None = None      # sha256 of the build's .config (or a prefix of 12+ hex digits)
     boot_command: str | None = None
 
 
@@ -344,10 +346,14 @@ def _host(ctx: _Ctx, hname: str, node: yaml.Node, base: Path) -> Host:
             kw = f"{w}.kernels.{label}"
             if not isinstance(label, str) or not NAME_RE.match(label):
                 raise ctx.fail(k, kw, "labels are letters, digits, '.', '_' and '-'")
-            km = ctx.mapping(v, kw, {"image", "initrd", "cmdline", "headers", "release", "boot_command"})
+            km = ctx.mapping(v, kw, {"image", "initrd", "cmdline", "headers", "release", "config_hash",
+                                     "boot_command"})
             kb = KernelBuild(label)
             for key, (_, n) in km.items():
                 setattr(kb, key, ctx.scalar(n, f"{kw}.{key}", str))
+            if kb.config_hash is not None and not CONFIG_HASH_RE.match(kb.config_hash):
+                raise ctx.fail(km["config_hash"][1], f"{kw}.config_hash",
+                               "the sha256 of the build's .config: 12 to 64 hex digits")
             kb.image, kb.initrd, kb.headers = _path(base, kb.image), _path(base, kb.initrd), _path(base, kb.headers)
             kernels[label] = kb
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from . import probe
 from .errors import InfraError, InputError
 from .hostconn import connect
-from .inventory import Host, Inventory
+from .inventory import Host, Inventory, KernelBuild
 from .transport import RemoteError, Transport
 
 
@@ -29,6 +30,53 @@ def current(t: Transport) -> BootState:
     if len(lines) < 2:
         raise RemoteError(f"{t.name}: cannot read kernel release and boot id")
     return BootState(lines[0], lines[1])
+
+
+class BuildMismatch(InputError):
+    """A host does not run the kernel build its results would be stored under."""
+
+    def __init__(self, problems: list[str], label: str):
+        super().__init__("; ".join(problems) + f" (nothing was run; --boot switches to '{label}' first)")
+
+
+def identity_mismatch(host: str, label: str, kb: KernelBuild | None, release: str | None,
+                      config_hash: str | None) -> str | None:
+    """Why a host running `release` (with config `config_hash`) is not build `label` as the
+    inventory declares it; None when it is, or when the build declares nothing to check."""
+    if kb is None:
+        return None
+    if kb.release and release != kb.release:
+        return (f"{host}: kernel build '{label}' declares release {kb.release}, "
+                f"but {host} runs {release or 'an unknown release'}")
+    if kb.config_hash and not (config_hash or "").lower().startswith(kb.config_hash.lower()):
+        running = config_hash[:16] if config_hash else "nothing (no readable config)"
+        return (f"{host}: kernel build '{label}' declares config sha256 {kb.config_hash[:16]}, "
+                f"but the config {host} runs hashes to {running}")
+    return None
+
+
+def running_identity(t: Transport, with_config: bool) -> tuple[str, str | None]:
+    """The release a host runs and, when asked, the hash of its config (as `hwtests probe` shows it)."""
+    if not with_config:
+        return current(t).release, None
+    p = probe.probe_host(t, [])
+    return p.get("kernel_release") or "", p.get("config_hash")
+
+
+def identity_problem(t: Transport, host: Host, label: str) -> str | None:
+    """Why the host behind `t` is not running build `label` as declared (reads only), or None."""
+    kb = host.kernels.get(label)
+    if kb is None or not (kb.release or kb.config_hash):
+        return None
+    release, cfg = running_identity(t, with_config=bool(kb.config_hash))
+    return identity_mismatch(host.name, label, kb, release, cfg)
+
+
+def check_identity(t: Transport, host: Host, label: str) -> None:
+    """Raise BuildMismatch when the host behind `t` does not run build `label` as declared."""
+    why = identity_problem(t, host, label)
+    if why:
+        raise BuildMismatch([why], label)
 
 
 def build_of(inv: Inventory, host: Host, label: str):

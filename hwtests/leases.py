@@ -9,6 +9,12 @@ over; the taker then replays the hosts' restore journals before anything else
 
 Works on SQLite and PostgreSQL alike: one conditional upsert per host inside
 one transaction, so two controllers can never both hold a host.
+
+A plan of several sessions (`hwtests ab`, `hwtests run --boot`) takes the lease
+once, before its first kernel switch, and holds it to its end; each pytest
+session it starts is given the holder (`--lease-holder`) and borrows the lease
+instead of taking and releasing its own, so no other controller can slip in
+between two boots of one plan.
 """
 
 from __future__ import annotations
@@ -19,7 +25,9 @@ import os
 import socket
 import threading
 import time
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
+from typing import Iterator
 
 from .errors import InfraError
 
@@ -101,6 +109,7 @@ class Lease:
     ttl: float
     taken_over: list[str] = field(default_factory=list)
     lost: str | None = None
+    borrowed: bool = False     # held by the plan this session runs in: its owner renews and releases it
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -117,6 +126,8 @@ class Lease:
         self._thread.start()
 
     def release(self) -> None:
+        if self.borrowed:
+            return
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
@@ -135,7 +146,7 @@ class LeaseDB:
             c.commit()
 
     def _conn(self):
-        return _Closing(self._connect())
+        return closing(self._connect())
 
     def _sql(self, s: str) -> str:
         return s.replace("?", self.ph)
@@ -192,6 +203,25 @@ class LeaseDB:
                 said = True
             time.sleep(min(1.0, max(0.05, deadline - time.monotonic())))
 
+    def borrow(self, resources: list[str], holder: str) -> Lease:
+        """The lease `holder` holds on all of `resources`, for a session run inside its plan.
+
+        Raises LeaseBusy when any of them is not (or no longer) held by `holder`: the plan
+        lost its lease, and running now could share the hosts with another controller."""
+        now = time.time()
+        with self._conn() as c:
+            cur = c.cursor()
+            missing = []
+            for r in sorted(resources):
+                cur.execute(self._sql("SELECT holder, info, expires FROM leases WHERE resource = ?"), (r,))
+                row = cur.fetchone()
+                if not row or row[0] != holder or row[2] < now:
+                    missing.append(f"{r} ({'held by ' + row[1] if row and row[0] != holder else 'not held'})")
+        if missing:
+            raise LeaseBusy(f"the lease of the plan this run belongs to ({holder}) does not hold "
+                            + ", ".join(missing))
+        return Lease(self, list(resources), holder, ttl=0.0, borrowed=True)
+
     def renew(self, lease: Lease) -> bool:
         now = time.time()
         with self._conn() as c:
@@ -218,12 +248,17 @@ class LeaseDB:
             return [tuple(r) for r in cur.fetchall()]
 
 
-class _Closing:
-    def __init__(self, conn):
-        self.conn = conn
+def pair_resources(inv, pair) -> list[str]:
+    """The lease resources of a pair's hosts, sorted."""
+    return sorted({host_resource(inv.hosts[pair.rx.host]), host_resource(inv.hosts[pair.tx.host])})
 
-    def __enter__(self):
-        return self.conn
 
-    def __exit__(self, *exc):
-        self.conn.close()
+@contextmanager
+def holding(store, resources: list[str], info: str, ttl: float = 60.0, wait: float = 600.0,
+            progress=lambda s: None) -> Iterator[Lease]:
+    """Hold `resources` for the whole block (renewed), released at its end whatever happens."""
+    lease = LeaseDB(store.connect, store.placeholder).acquire(resources, info, ttl=ttl, wait=wait, progress=progress)
+    try:
+        yield lease
+    finally:
+        lease.release()

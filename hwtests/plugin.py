@@ -28,14 +28,17 @@ from typing import Any
 
 import pytest
 
-from .errors import EXIT_FAIL, EXIT_INCONCLUSIVE, EXIT_INFRA, HwtestsError
+from . import identity, kswitch
+from .errors import EXIT_FAIL, EXIT_INCONCLUSIVE, EXIT_INFRA, EXIT_USAGE, HwtestsError
+from .hostconn import connect
 from .inventory import Host, Inventory, Nic, check_label, load
 from .journal import Journal
-from .leases import seconds
+from .leases import LeaseBusy, LeaseDB, pair_resources, seconds
 from .transport import Transport
 
 _SESSION = pytest.StashKey["HwSession"]()
 INFRA_PROPERTY = "hwtests:unusable"     # user property of a test whose pair could not be set up
+EXIT_PROPERTY = "hwtests:exit"          # ... and the exit code its error class carries (4, or 2 for a wrong build)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -57,6 +60,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--lease-ttl", type=seconds(1), default=60.0, metavar="SECONDS",
                 help="lease expiry, renewed every third of it while the run lives; a controller that died "
                 "loses its pair after this long (default 60)")
+    g.addoption("--lease-holder", metavar="HOLDER", default=None,
+                help="run under the pair lease HOLDER already holds instead of taking one (set by `hwtests ab` "
+                "and `hwtests run --boot`, which hold the pair across all their sessions)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -144,20 +150,21 @@ class HwSession:
         self.pairs: dict[str, PairEnv] = {}
         self.runs: dict[str, int] = {}
         self.restored: dict[str, list[str]] = {}
-        self.artifacts: dict[str, str] = {}
+        self.artifacts: dict[str, dict[str, str]] = {}     # pair -> deployed name -> sha256
         self._store = None
         self._lock = threading.RLock()
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
         self.leases: dict[str, object] = {}
-        self.broken: dict[str, str] = {}        # pair -> why it could not be set up
-        self.unusable: dict[str, None] = {}     # the same, as seen in reports (xdist workers' too)
+        self.broken: dict[str, HwtestsError] = {}   # pair -> why it could not be set up
+        self.unusable: dict[str, int] = {}      # the same as seen in reports (xdist workers' too) -> exit code
         self._lease_db = None
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        """A pair that could not be set up makes the session's exit 4, also when an xdist worker saw it."""
-        for key, val in report.user_properties:
-            if key == INFRA_PROPERTY:
-                self.unusable.setdefault(str(val), None)
+        """A pair that could not be set up sets the session's exit (4, or 2 for hosts on the wrong
+        kernel build), also when an xdist worker saw it."""
+        props = dict(report.user_properties)
+        if INFRA_PROPERTY in props:
+            self.unusable.setdefault(str(props[INFRA_PROPERTY]), int(props.get(EXIT_PROPERTY, EXIT_INFRA)))
 
     def selected_pairs(self) -> list[str]:
         wanted = self.config.getoption("--pair")
@@ -165,17 +172,19 @@ class HwSession:
 
     # -- hosts --------------------------------------------------------------
     def acquire_host(self, name: str) -> Transport:
-        """Connect, undo what a crashed earlier run left (journal), probe once."""
+        """Connect, check the host runs the build under test, undo what a crashed earlier run
+        left (journal)."""
         with self._lock:
             if name in self.transports:
                 return self.transports[name]
-            from .hostconn import connect
             t = connect(self.inv.hosts[name], self.inv.defaults, self.inv)
             j = Journal(t, owner=self.owner)
             try:
-                left = j.pending()          # the first contact (SSH connects lazily)
+                # the first contact (SSH connects lazily); a wrong build stops here, before any change
+                kswitch.check_identity(t, self.inv.hosts[name], self.label)
+                left = j.pending()
             except BaseException:
-                t.close()                   # never reached: nothing to replay or remove at the end
+                t.close()                   # never changed: nothing to replay or remove at the end
                 raise
             self.transports[name] = t
             self.journals[name] = j
@@ -208,13 +217,15 @@ class HwSession:
             return env
 
     def _lease(self, pname: str, pair) -> None:
-        """Take both hosts of the pair in one step before touching either (see leases.py)."""
-        from .leases import LeaseDB, host_resource
-
+        """Take both hosts of the pair in one step before touching either (see leases.py), or
+        borrow the lease of the plan this session runs in (`--lease-holder`)."""
         if self._lease_db is None:
             self._lease_db = LeaseDB(self.store.connect, self.store.placeholder)
-        names = sorted({pair.rx.host, pair.tx.host})
-        resources = [host_resource(self.inv.hosts[n]) for n in names]
+        resources = pair_resources(self.inv, pair)
+        holder = self.config.getoption("--lease-holder")
+        if holder:
+            self.leases[pname] = self._lease_db.borrow(resources, holder)
+            return
         info = (f"{socket.gethostname()} pid {os.getpid()} (build {self.label}, pair {pname}, "
                 f"since {time.strftime('%Y-%m-%d %H:%M:%S')})")
         lease = self._lease_db.acquire(resources, info, ttl=float(self.config.getoption("--lease-ttl")),
@@ -271,9 +282,21 @@ class HwSession:
                                       env=he.env))
             run = Run(label=self.label, pair=pname, controller=socket.gethostname(),
                       inventory_hash=self.inv.sha256, source="measured", hosts=hosts,
-                      artifacts=dict(self.artifacts))
+                      artifacts=dict(self.artifacts.get(pname, {})))
             self.runs[pname] = self.store.begin_run(run)
             return self.runs[pname]
+
+    def deployed(self, host: str, artifacts: dict[str, str]) -> None:
+        """Note what was deployed on `host` (name -> sha256) in the runs of its pairs: stored at once
+        where the run exists, else with the run when it begins, whatever order the tests run in."""
+        named = {f"{host}:{k}": v for k, v in artifacts.items()}
+        with self._lock:
+            for pname, pe in self.pairs.items():
+                if host not in (pe.rx.name, pe.tx.name):
+                    continue
+                self.artifacts.setdefault(pname, {}).update(named)
+                if pname in self.runs and not self.no_store:
+                    self.store.add_artifacts(self.runs[pname], named)
 
     def record(self, pname: str, samples: list) -> None:
         if self.no_store:
@@ -336,12 +359,11 @@ def hw_pair(request: pytest.FixtureRequest) -> PairEnv:
         try:
             return hs.pair_env(request.param)
         except HwtestsError as exc:
-            from .leases import LeaseBusy
-            hs.broken[request.param] = f"pair {request.param}: {exc}"
-            if isinstance(exc, LeaseBusy):   # another controller has the pair: nothing here can run
-                request.session.shouldstop = hs.broken[request.param]
+            hs.broken[request.param] = exc
+            if isinstance(exc, (LeaseBusy, kswitch.BuildMismatch)):   # nothing here can run as asked
+                request.session.shouldstop = f"pair {request.param}: {exc}"
     # failing outside the except block keeps the cause's chain off the report
-    pytest.fail(hs.broken[request.param], pytrace=False)
+    pytest.fail(f"pair {request.param}: {hs.broken[request.param]}", pytrace=False)
 
 
 @pytest.fixture(autouse=True)
@@ -425,8 +447,10 @@ def pytest_runtest_makereport(item: pytest.Item, call):
     cs = getattr(item, "callspec", None)
     pname = cs.params.get("hw_pair") if cs else None
     if hs is not None and report.when == "setup" and report.failed and pname in hs.broken:
-        # the pair is unusable (exit 4); the report carries it, so an xdist controller learns it too
-        report.user_properties.append((INFRA_PROPERTY, hs.broken[pname]))
+        # the pair is unusable (exit 4, or 2 on the wrong build); the report carries it, so an
+        # xdist controller learns it too
+        exc = hs.broken[pname]
+        report.user_properties += [(INFRA_PROPERTY, f"pair {pname}: {exc}"), (EXIT_PROPERTY, exc.exit_code)]
     if hs is None or not isinstance(pname, str) or pname not in hs.pairs:
         return report
     if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
@@ -446,10 +470,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         return
     for err in hs.close():
         hs._say(f"hwtests: WARNING: {err}")
-    for msg in hs.unusable:
-        hs._say(f"hwtests: unusable: {msg}")
+    for msg, code in hs.unusable.items():
+        hs._say(f"hwtests: {'wrong kernel build' if code == EXIT_USAGE else 'unusable'}: {msg}")
     if hs.unusable:
-        session.exitstatus = _ours(EXIT_INFRA)
+        session.exitstatus = _ours(next(iter(hs.unusable.values())))
     if hasattr(session.config, "workerinput"):
         return   # an xdist worker: the controller gates and reports once
     _gate_and_report(session, hs)
@@ -480,6 +504,8 @@ def _gate_and_report(session: pytest.Session, hs: HwSession) -> None:
             hs._say(f"hwtests: gate: {exc}")
             session.exitstatus = _ours(exc.exit_code)
             return
+        for w in identity.conflicts(hs.store.runs(labels=[base, hs.label])):
+            hs._say(f"hwtests: WARNING: {w}")
         hs._say(compare.format_table(comps, base, hs.label))
         code = compare.exit_code(comps)
         xml = _junit(session.config)

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from . import identity
 from .errors import InputError
 
 MAX_POINTS = 2000          # plotted points per build and metric
@@ -46,8 +47,10 @@ HISTORY_SAMPLE_BUDGET = 100_000   # raw samples of other builds read for history
 ENV_VALUE_MAX = 160        # characters of an environment value shown in a table cell
 
 # Display precision per metric (decimals) and display names.
-DECIMALS = {"cycles": 2, "ns": 2, "gbps": 2, "cpu_per_gb": 3, "link_pct": 1}
-METRIC_ORDER = {"cycles": 0, "ns": 1, "gbps": 2, "cpu_per_gb": 3, "link_pct": 4}
+DECIMALS = {"cycles": 2, "ns": 2, "gbps": 2, "cpu_per_gb": 3, "link_pct": 1, "ceiling_pct": 1}
+METRIC_ORDER = {"cycles": 0, "ns": 1, "gbps": 2, "cpu_per_gb": 3, "link_pct": 4, "ceiling_pct": 5}
+# Shares shown by what they are a share of (the unit alone, %, would not say).
+METRIC_LABEL = {"link_pct": "% of link", "ceiling_pct": "% of TCP ceiling"}
 VERDICT_ORDER = {"regression": 0, "incomparable": 1, "inconclusive": 2, "improvement": 3, "unchanged": 4, "none": 5}
 
 # Build colors (colorblind-safe, Okabe-Ito); the baseline is always the first.
@@ -267,6 +270,11 @@ def fmt_shift(x, metric: str = "") -> str:
     return ("+" if x > 0 else "−" if x < 0 else "±") + s
 
 
+def break_points(name: str) -> list[str]:
+    """A name cut after each `/`, `_` and `-`: the places where the summary may wrap it (pure)."""
+    return [part for part in re.split(r"(?<=[/_-])", str(name)) if part]
+
+
 def fmt_int(n) -> str:
     try:
         return f"{int(n):,}".replace(",", "\u2009")
@@ -389,9 +397,25 @@ def _svg(fig, key: str) -> str:
 
 def _metric_title(metric: str, unit: str) -> str:
     names = {"cycles": "cycles per element", "ns": "ns per element", "gbps": "throughput",
-             "cpu_per_gb": "CPU per GB", "link_pct": "share of link speed"}
+             "cpu_per_gb": "CPU per GB", **METRIC_LABEL}
     base = names.get(metric, metric)
-    return f"{base} [{unit}]" if unit else base
+    return base if metric in METRIC_LABEL else f"{base} [{unit}]" if unit else base
+
+
+def line_rate_rows(medians: dict[tuple[str, str], float], builds: list[str]) -> list[dict]:
+    """Per build, throughput beside % of link and % of TCP ceiling (medians; pure).
+
+    `medians`: (metric, build) -> median. The ceiling itself, as % of the link, is the ratio
+    of the two shares (each sample's link_pct / ceiling_pct is the ceiling at its MTU).
+    Builds with neither share are left out."""
+    rows = []
+    for b in builds:
+        link, share = medians.get(("link_pct", b)), medians.get(("ceiling_pct", b))
+        if link is None and share is None:
+            continue
+        rows.append({"build": b, "gbps": medians.get(("gbps", b)), "link_pct": link, "ceiling_pct": share,
+                     "ceiling": 100.0 * link / share if link is not None and share else None})
+    return rows
 
 
 def samples_figure(test: str, metrics: list[dict], builds: list[str], colors: dict[str, str]) -> str:
@@ -848,6 +872,7 @@ def _fill(ctx: Ctx, store, painter: "_Painter", note=None, csv_path=None, thresh
         ctx.banners.append({"kind": "emulated", "text": emu})
     if note:
         ctx.banners.append({"kind": "note", "text": note})
+    ctx.problems += identity.conflicts(runs)      # one label, several kernels: its figures mix builds
 
     # -- per-build statistics
     _phase('per-build statistics')
@@ -894,7 +919,8 @@ def _fill(ctx: Ctx, store, painter: "_Painter", note=None, csv_path=None, thresh
         if t in hist:
             painter.add("history_figure", (t, hist[t]["panels"], colors))
         ctx.tests.append({"name": t, "anchor": _anchor(t), "verdict": "none", "figure": None, "notes": notes,
-                          "history": None, "history_notes": hist[t]["notes"] if t in hist else [], "rows": []})
+                          "history": None, "history_notes": hist[t]["notes"] if t in hist else [], "rows": [],
+                          "line_rate": []})
     del by_tm
     painter.start()
 
@@ -994,6 +1020,9 @@ def _fill(ctx: Ctx, store, painter: "_Painter", note=None, csv_path=None, thresh
         if h:
             tt["history"] = h["svg"]
             tt["history_notes"] = tt["history_notes"] + h["notes"]
+        med = {(m, b): float(stats.loc[(tt["name"], m, b)]["median"])
+               for m in ("gbps", "link_pct", "ceiling_pct") for b in builds if (tt["name"], m, b) in stats.index}
+        tt["line_rate"] = line_rate_rows(med, builds)
     ctx.tests.sort(key=lambda tt: (VERDICT_ORDER.get(tt["verdict"], 9), tt["name"]))
 
     # -- environment diff, outcomes, runs
@@ -1365,8 +1394,10 @@ def render(ctx: Ctx) -> str:
         loader=jinja2.PackageLoader("hwtests", "templates"),
         autoescape=jinja2.select_autoescape(["html", "j2"], default=True),
         trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
-    env.filters.update(v=fmt_value, p=fmt_p, pct=fmt_pct, shift=fmt_shift, int=fmt_int)
-    env.globals.update(VERDICT_LABEL=VERDICT_LABEL, Markup=jinja2.utils.markupsafe.Markup)
+    markup = jinja2.utils.markupsafe.Markup
+    env.filters.update(v=fmt_value, p=fmt_p, pct=fmt_pct, shift=fmt_shift, int=fmt_int,
+                       wbr=lambda name: markup("<wbr>").join(break_points(name)))
+    env.globals.update(VERDICT_LABEL=VERDICT_LABEL, METRIC_LABEL=METRIC_LABEL, Markup=jinja2.utils.markupsafe.Markup)
     tpl = env.get_template("report.html.j2")
     return tpl.render(c=ctx, version=_version())
 

@@ -517,6 +517,19 @@ class Store:
         run.started = started
         return rid
 
+    def add_artifacts(self, run_id: int, artifacts: dict[str, str]) -> None:
+        """Add what was deployed after the run began (name -> sha256); a name already stored keeps
+        its first digest."""
+        run_id = int(run_id)
+
+        def write(cur):
+            self._check_run(cur, run_id)
+            for name, sha in sorted(artifacts.items()):
+                cur.execute(self._q("INSERT INTO artifacts (run_id, name, sha256) VALUES (?, ?, ?) "
+                                    "ON CONFLICT (run_id, name) DO NOTHING"), (run_id, str(name), str(sha)))
+
+        self._write("cannot store the artifacts", write)
+
     def add_samples(self, run_id: int, samples: Iterable[Sample]) -> int:
         """Store samples in one transaction (all or none); returns the batch id."""
         run_id = int(run_id)

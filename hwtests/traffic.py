@@ -44,11 +44,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from . import nlclient
 from .errors import HwtestsError, InfraError
 from .transport import CommandTimeout, LocalTransport, RemoteError, Transport
 
 FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "traffic"
-PROGRAMS = ("hwt_rx", "hwt_tx")
+PROGRAMS = ("hwt_rx", "hwt_tx", "hwt_nl")
 RX_MODES = ("tcp", "devmem", "zcrx")
 TX_MODES = ("tcp", "zerocopy", "devmem")
 
@@ -116,6 +117,11 @@ class TrafficBinaries:
     arch: str
     kernel_release: str
     sha256: dict[str, str] = field(default_factory=dict)   # program -> sha256 of the deployed binary
+
+    @property
+    def nl(self) -> str:
+        """hwt_nl, next to hwt_rx (netlink queries: queues, qstats, rings)."""
+        return posixpath.join(posixpath.dirname(self.rx), "hwt_nl")
 
     def artifacts(self) -> dict[str, str]:
         """Name -> digest, for `Run.artifacts`."""
@@ -212,7 +218,7 @@ def _host_cache_dir(t: Transport, digest: str, arch: str, release: str) -> str:
 
 
 def _remote_sums(t: Transport, d: str) -> dict[str, str]:
-    r = t.run(["sh", "-c", 'cd "$1" 2>/dev/null && sha256sum hwt_rx hwt_tx 2>/dev/null; true', "sh", d],
+    r = t.run(["sh", "-c", 'cd "$1" 2>/dev/null && sha256sum hwt_rx hwt_tx hwt_nl 2>/dev/null; true', "sh", d],
               check=False, timeout=30)
     out = {}
     for ln in r.stdout.splitlines():
@@ -282,17 +288,14 @@ def _build_on_host(t: Transport, files: dict[str, bytes], d: str) -> dict[str, s
     return sums
 
 
-_memo: dict[tuple[int, str], TrafficBinaries] = {}
-
-
 def build(t: Transport, *, cache_root: Path | None = None, force_host_build: bool = False,
           files: dict[str, bytes] | None = None) -> TrafficBinaries:
     """Make hwt_rx/hwt_tx runnable on the host behind `t`; returns their paths and digests."""
     files = source_files() if files is None else files
     digest = source_hash(files)
-    key = (id(t), digest + ("-host" if force_host_build else ""))
-    if key in _memo:
-        return _memo[key]
+    key = "traffic:" + digest + ("-host" if force_host_build else "")
+    if key in t.memo:          # built through this connection already (its temp dir still exists)
+        return t.memo[key]
     arch, release = _host_facts(t)
     d = _host_cache_dir(t, digest, arch, release)
     how = "controller-static" if (arch == platform.machine() and not force_host_build) else "host-cc"
@@ -310,13 +313,8 @@ def build(t: Transport, *, cache_root: Path | None = None, force_host_build: boo
             sums = _build_on_host(t, files, d)
     res = TrafficBinaries(rx=posixpath.join(d, "hwt_rx"), tx=posixpath.join(d, "hwt_tx"), source_hash=digest,
                           how=how, arch=arch, kernel_release=release, sha256=dict(sums))
-    _memo[key] = res
+    t.memo[key] = res
     return res
-
-
-def forget_builds() -> None:
-    """Drop the per-process memo (tests)."""
-    _memo.clear()
 
 
 # -- running ----------------------------------------------------------------------------------
@@ -645,9 +643,11 @@ def _run_pair(rx_t: Transport, tx_t: Transport, rx_addr: str, mode_rx: str, mode
     except BaseException:
         try:
             bg.stop(grace=1.0)
+            wait_queues_released(rx_t, rx_bins, mode_rx, ifname, queue, num_queues)
         except (HwtestsError, RemoteError):
             pass
         raise
+    wait_queues_released(rx_t, rx_bins, mode_rx, ifname, queue, num_queues)
     _check_unsupported(rx_t.name, "rx", rxr.exit_status, rxr.stdout)
     rx_sum = parse_summary(rxr.stdout)
     tx_sum = parse_summary(txr.stdout)
@@ -686,6 +686,7 @@ def bind_check(t: Transport, mode: str, ifname: str, *, queue: int = 0, num_queu
     if mode == "devmem":
         cmd += ["--num-queues", str(num_queues)]
     r = t.run(cmd + list(extra), check=False, timeout=60)
+    wait_queues_released(t, bins, mode, ifname, queue, num_queues if mode == "devmem" else 1)
     _check_unsupported(t.name, "rx", r.exit_status, r.stdout)
     summ = parse_summary(r.stdout)
     if summ is None or "binds" not in summ:
@@ -693,6 +694,22 @@ def bind_check(t: Transport, mode: str, ifname: str, *, queue: int = 0, num_queu
     check_summary(summ, t.name, "rx")
     summ["exit"] = r.exit_status
     return summ
+
+
+def wait_queues_released(t: Transport, bins: TrafficBinaries, mode: str, ifname: str | None, queue: int | None,
+                         num_queues: int | None = None) -> None:
+    """After a devmem/zcrx receiver exited: wait (bounded) until the kernel has detached its memory
+    provider from the queues, which it does asynchronously; restoring header split or channels,
+    or binding again, is refused until then. A kernel without netdev queue-get has nothing to wait on."""
+    if mode not in ("devmem", "zcrx") or not ifname or queue is None:
+        return
+    ids = range(int(queue), int(queue) + max(1, int(num_queues or 1)))
+    try:
+        nlclient.wait_released(t, bins.nl, ifname, ids)
+    except nlclient.NlUnsupported:
+        return
+    except nlclient.NlError as exc:
+        raise TrafficError(str(exc)) from None
 
 
 # -- analysis (pure) ------------------------------------------------------------------------

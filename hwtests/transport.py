@@ -19,7 +19,7 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Sequence
 
 from .errors import HwtestsError, InfraError
 
@@ -162,6 +162,9 @@ class Transport:
         self._bg: list[Background] = []
         self._lock = threading.Lock()
         self.run_token = secrets.token_hex(8)
+        # What was set up on the host for this connection (built programs, ...): lives and dies
+        # with this transport and its temp dir, so a new session never finds an old one's entries.
+        self.memo: dict[str, Any] = {}
         # Told before the temp dir is made and after it is removed (the host's restore
         # journal sets itself here), so a run the controller never finished is cleaned
         # up by the next one: `tracker.tmpdir_made(t, path, undo)`, `tracker.tmpdir_removed(t, path)`.
@@ -253,6 +256,7 @@ class Transport:
     # -- lifetime -----------------------------------------------------------
     def cleanup(self) -> None:
         """Stop background jobs and remove the temp dir (best effort, never raises)."""
+        self.memo.clear()
         for bg in list(self._bg):
             try:
                 bg.stop(grace=1.0)

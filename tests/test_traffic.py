@@ -39,7 +39,6 @@ def lt():
 def bins(lt, tmp_path_factory):
     if not shutil.which("cc") or not shutil.which("make"):
         pytest.skip("no cc/make on this machine")
-    traffic.forget_builds()
     return traffic.build(lt, cache_root=tmp_path_factory.mktemp("traffic-cache"))
 
 
@@ -57,26 +56,41 @@ def test_build_both(bins, lt, tmp_path):
     for p in (bins.rx, bins.tx):
         assert os.access(p, os.X_OK), p
     assert len(bins.source_hash) == 64 and bins.source_hash == traffic.source_hash()
-    assert set(bins.sha256) == {"hwt_rx", "hwt_tx"}
+    assert set(bins.sha256) == {"hwt_rx", "hwt_tx", "hwt_nl"}
     assert bins.how == "controller-static"          # same architecture here
     assert bins.artifacts()["traffic_src"] == bins.source_hash
-    # memoised, and a fresh process finds the host cache by its stamp
-    assert traffic.build(lt) is bins or traffic.build(lt).sha256 == bins.sha256
-    traffic.forget_builds()
-    again = traffic.build(lt, cache_root=tmp_path)
-    assert again.sha256 == bins.sha256 and again.rx == bins.rx
+    # memoised on the connection, and a new connection finds the host cache by its stamp
+    assert traffic.build(lt) is bins
+    with LocalTransport("local") as other:
+        again = traffic.build(other, cache_root=tmp_path)
+        assert again is not bins and again.sha256 == bins.sha256 and again.rx == bins.rx
+
+
+def test_build_memo_dies_with_the_connection(tmp_path):
+    """A session's built programs are never handed to a later session's connection, even where
+    Python reuses the object's id, nor kept after the temp dir they may live in is gone."""
+    if not shutil.which("cc") or not shutil.which("make"):
+        pytest.skip("no cc/make on this machine")
+    t = LocalTransport("local")
+    first = traffic.build(t, cache_root=tmp_path)
+    assert traffic.build(t) is first
+    t.cleanup()
+    assert t.memo == {}
+    t2 = LocalTransport("local")
+    assert t2.memo == {}
+    second = traffic.build(t2, cache_root=tmp_path)
+    assert second is not first and second.sha256 == first.sha256
+    t2.cleanup()
 
 
 def test_build_on_host_with_its_cc(lt):
     """The path for hosts of another architecture: sources uploaded, built with the host's cc."""
     files = traffic.source_files()
     files["hwt_common.h"] += b"\n/* host-build test variant */\n"   # another hash: no cache hit
-    traffic.forget_builds()
     b = traffic.build(lt, force_host_build=True, files=files)
     assert b.how == "host-cc" and b.source_hash != traffic.source_hash()
     r = _run([b.tx, "--help"])
     assert r.returncode == 0 and "usage: hwt_tx" in r.stdout
-    traffic.forget_builds()
 
 
 def test_compiles_warning_free_and_static(tmp_path):
@@ -89,7 +103,7 @@ def test_compiles_warning_free_and_static(tmp_path):
     r = _run(["make", "-C", tmp_path, "CFLAGS=-O2 -Werror", "static"], timeout=300)
     assert r.returncode == 0, r.stderr
     assert "warning:" not in r.stderr.lower()
-    assert not any(p.suffix == ".o" or p.name in ("hwt_rx", "hwt_tx") for p in FIX.iterdir()), \
+    assert not any(p.suffix == ".o" or p.name in traffic.PROGRAMS for p in FIX.iterdir()), \
         "build products in the source tree"
 
 

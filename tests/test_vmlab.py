@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -20,6 +21,7 @@ import pytest
 
 from hwtests import hostconn, inventory, labvm, vmimage
 from hwtests.errors import HwtestsError
+from hwtests.store import Store
 from hwtests.transport import HostKeyError
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -437,3 +439,143 @@ def test_devmem_and_zcrx_refusals_of_real_kernels(vm_lab, lab_releases):
         finally:
             t.close()
     _on(vm_lab, "vm-a", "6.12")
+
+
+def _quick_env() -> dict:
+    return dict(os.environ, HWTESTS_LINERATE_DURATION="1", HWTESTS_LINERATE_REPEAT="1",
+                HWTESTS_LINERATE_WARMUP="0", HWTESTS_LINERATE_COOLDOWN="0")
+
+
+@pytest.mark.vmlab
+def test_run_refuses_a_build_the_hosts_do_not_run_and_boot_switches(vm_lab, lab_releases, tmp_path):
+    """Booted on 6.12, results asked to be stored as the 6.1 build: exit 2 naming both hosts and
+    both releases, nothing stored; with --boot the pair is switched first and the stored run
+    carries 6.1's release."""
+    if not {"6.1", "6.12"} <= {labvm.series_of(r) for r in lab_releases}:
+        pytest.skip("needs a 6.1 and a 6.12 kernel")
+    for name in ("vm-a", "vm-b"):
+        _on(vm_lab, name, "6.12")
+    l61, l612 = vm_lab.label_of("6.1"), vm_lab.label_of("6.12")
+    rel61, rel612 = vm_lab.host("vm-a").kernels[l61].release, vm_lab.host("vm-a").kernels[l612].release
+    db = tmp_path / "r.db"
+    base = CLI + ["run", "--inventory", str(vm_lab.inv_path), "--kernel-build", l61, "--db", str(db),
+                  "-k", "linerate and tcp"]
+    r = subprocess.run(base, capture_output=True, text=True, timeout=120, env=_quick_env())
+    assert r.returncode == 2, (r.returncode, r.stdout[-2000:], r.stderr[-2000:])
+    (line,) = r.stderr.strip().splitlines()
+    for h in ("vm-a", "vm-b"):
+        assert f"{h}: kernel build '{l61}' declares release {rel61}, but {h} runs {rel612}" in line
+    assert not db.exists() or sqlite3.connect(db).execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 0
+    before = _boot_id(vm_lab, "vm-a")
+    r = subprocess.run(base + ["--boot"], capture_output=True, text=True, timeout=900, env=_quick_env())
+    assert r.returncode == 0, (r.returncode, r.stdout[-3000:], r.stderr[-2000:])
+    assert _boot_id(vm_lab, "vm-a") != before
+    runs = Store.open(str(db)).runs()
+    assert runs and all(r.label == l61 for r in runs)
+    assert {h.kernel_release for run in runs for h in run.hosts} == {rel61}
+    assert f"vm-a: switching to {l61}" in r.stderr
+
+
+def _lease_rows(db: Path) -> list[tuple[str, str]]:
+    try:
+        con = sqlite3.connect(db, timeout=5)
+        try:
+            return con.execute("SELECT resource, info FROM leases ORDER BY resource").fetchall()
+        finally:
+            con.close()
+    except sqlite3.OperationalError:     # not created yet
+        return []
+
+
+@pytest.mark.vmlab
+def test_ab_holds_the_pair_from_its_first_switch_to_its_end(vm_lab, lab_releases, tmp_path):
+    """Two real controllers: `hwtests ab` holds the pair's lease before its first switch, between
+    its boots and through the gate; a second controller that wants the pair between two boots
+    waits, then fails naming ab as the holder (exit 4); at the end the lease is gone."""
+    import threading
+
+    if not {"6.1", "6.12"} <= {labvm.series_of(r) for r in lab_releases}:
+        pytest.skip("needs a 6.1 and a 6.12 kernel")
+    l61, l612 = vm_lab.label_of("6.1"), vm_lab.label_of("6.12")
+    db = tmp_path / "r.db"
+    Store.open(str(db)).close()
+    ab = subprocess.Popen(CLI + ["ab", "--inventory", str(vm_lab.inv_path), "--baseline", l612, "--candidate", l61,
+                                 "--rounds", "1", "--max-rounds", "1", "--db", str(db), "-k", "linerate and tcp"],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_quick_env())
+    seen: list[tuple[float, list]] = []
+    done = threading.Event()
+
+    def poll():
+        while not done.is_set():
+            seen.append((time.monotonic(), _lease_rows(db)))
+            time.sleep(0.25)
+
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
+    at_start = at_first_switch = None
+    rival = None
+    try:
+        for line in ab.stderr:
+            if at_start is None and line.startswith("== boot 1/2"):
+                at_start = _lease_rows(db)
+            if at_first_switch is None and "switching to" in line:
+                at_first_switch = _lease_rows(db)
+            if line.startswith("== boot 2/2") and rival is None:
+                rival = subprocess.run(CLI + ["run", "--inventory", str(vm_lab.inv_path), "--kernel-build", l61,
+                                              "--boot", "--db", str(db), "--lease-wait", "3", "-k", "tcp"],
+                                       capture_output=True, text=True, timeout=120)
+        rc = ab.wait(timeout=1200)
+    finally:
+        if ab.poll() is None:
+            ab.kill()
+            ab.wait()
+        done.set()
+        poller.join(timeout=5)
+    assert rc in (0, 1, 3), (rc, ab.stdout.read()[-3000:])
+    assert at_start is not None and len(at_start) == 2, at_start      # both hosts, before the first switch
+    assert at_first_switch is not None and len(at_first_switch) == 2, at_first_switch
+    assert rival is not None and rival.returncode == 4, (rival and rival.stderr[-2000:])
+    assert "held by" in rival.stderr and f"ab {l612} vs {l61}" in rival.stderr, rival.stderr[-2000:]
+    held = [i for i, (_, rows) in enumerate(seen) if rows]
+    during = [rows for _, rows in seen[held[0]:held[-1] + 1]]      # no gap from the first sight to the last
+    assert len(during) > 8 and all(len(rows) == 2 and all(f"ab {l612} vs {l61}" in info for _, info in rows)
+                                   for rows in during), [rows for rows in during if len(rows) != 2][:3]
+    assert _lease_rows(db) == []
+
+
+@pytest.mark.vmlab
+def test_hwt_nl_queues_and_rings_on_virtio(vm_lab, lab_releases):
+    """deb6.12 with virtio_net: queue-get lists the data NIC's queues with no memory provider,
+    rings-get answers without header split or threshold (the driver has neither), and header
+    split setup reports Unsupported after asking the kernel, since the guest's ethtool shows n/a."""
+    import errno
+    from types import SimpleNamespace
+
+    from hwtests import nicsetup, nlclient, nlparse, traffic
+    from hwtests.journal import Journal
+
+    if "6.12" not in {labvm.series_of(r) for r in lab_releases}:
+        pytest.skip("needs a 6.12 kernel")
+    _on(vm_lab, "vm-a", "6.12")
+    host = vm_lab.host("vm-a")
+    nic = next(iter(host.nics.values()))
+    t = vm_lab.t("vm-a")
+    try:
+        bins = traffic.build(t)
+        qs = nlclient.queues(t, bins.nl, nic.ifname)
+        rx = sorted(q.id for q in qs if q.type == "rx")
+        assert rx and rx[0] == 0 and nlparse.providers(qs) == {}, qs
+        assert nlclient.wait_released(t, bins.nl, nic.ifname, rx) < 1.0
+        rings = nlclient.rings(t, bins.nl, nic.ifname)
+        assert rings.rx and rings.tcp_data_split is None and rings.hds_thresh is None, rings
+        he = SimpleNamespace(name="vm-a", t=t, nic=nic, journal=Journal(t, owner="test_vmlab"))
+        with pytest.raises(nicsetup.Unsupported, match=r"the driver reports no TCP data split \(netlink rings-get\)"):
+            nicsetup.set_header_split(he, True)
+        assert he.journal.pending() == []
+        # the request reaches the kernel's rings-set, which refuses it for this driver
+        with pytest.raises(nlclient.NlUnsupported) as ei:
+            nlclient.run(t, bins.nl, "rings-set", nic.ifname, "tcp-data-split", "on")
+        assert ei.value.errno == errno.EOPNOTSUPP, ei.value
+        print(f"6.12 virtio_net: {len(rx)} rx queue(s), rings {rings}; rings-set: {ei.value} [{ei.value.extack}]")
+    finally:
+        t.close()

@@ -22,7 +22,7 @@ import time
 
 import pytest
 
-from hwtests import nicsetup
+from hwtests import nicsetup, nlclient, nlparse
 from hwtests.errors import HwtestsError
 
 REQUIRES = {
@@ -61,14 +61,15 @@ def rx_bins_cache():
 
 
 @pytest.fixture
-def rx_bins(rx_host, rx_bins_cache):
-    """The traffic programs on the RX host (built once per session)."""
+def rx_bins(rx_host, rx_bins_cache, hw_session):
+    """The traffic programs on the RX host (built once per session; their hashes go into the run)."""
     from hwtests import traffic
     if rx_host.name not in rx_bins_cache:
         try:
             rx_bins_cache[rx_host.name] = traffic.build(rx_host.t)
         except HwtestsError as exc:
             pytest.fail(f"{rx_host.name}: building the traffic programs failed: {exc}", pytrace=False)
+        hw_session.deployed(rx_host.name, rx_bins_cache[rx_host.name].artifacts())
     return rx_bins_cache[rx_host.name]
 
 
@@ -133,10 +134,23 @@ def test_bind_unbind(rx_host, tx_host, rx_bins, restore_nic, mode):
     assert again.rc == 0 and again.binds[0]["ok"], f"rebinding after unbind: {again.describe()}"
 
 
+def _queue_rx_stats(rx, bins, mode: str):
+    """Per-queue counters of the RX NIC (zcrx: to tell zero copy from copy fallback); None without them."""
+    if mode != "zcrx":
+        return None
+    try:
+        return nlclient.qstats(rx.t, bins.nl, rx.nic.ifname)
+    except nlclient.NlUnsupported:
+        return None
+    except HwtestsError as exc:
+        pytest.fail(f"{mode}: {exc}", pytrace=False)
+
+
 @pytest.mark.parametrize("mode", _modes())
-def test_receive_validated(hw_pair, rx_host, tx_host, restore_nic, mode):
+def test_receive_validated(hw_pair, rx_host, tx_host, rx_bins, restore_nic, mode):
     from hwtests import traffic
     zc = _zc(rx_host, tx_host, mode)
+    before = _queue_rx_stats(rx_host, rx_bins, mode)
     try:
         res = traffic.run_pair(rx_host.t, tx_host.t, rx_host.addr, mode, "tcp", port=PORT, bytes_=64 << 20,
                                duration=30, ifname=rx_host.nic.ifname, queue=zc.queue)
@@ -150,6 +164,14 @@ def test_receive_validated(hw_pair, rx_host, tx_host, restore_nic, mode):
     if mode == "devmem":
         assert rx.get("linear_frags", 0) == 0, f"payload landed in linear skbs (header split?): {rx}"
         assert rx.get("dmabuf_frags", 1) > 0, f"no dmabuf frags: the flow missed the bound queue: {rx}"
+    if mode == "zcrx":
+        after = _queue_rx_stats(rx_host, rx_bins, mode)
+        delta = None if before is None or after is None else nlparse.queue_rx_delta(before, after, zc.queue)
+        if delta is None:
+            pytest.skip(f"zcrx: {got} bytes validated, but zero copy not verified: {rx_host.name} "
+                        f"{rx_host.nic.ifname} reports no per-queue rx-bytes (netdev qstats)")
+        short = nlparse.zero_copy_shortfall(delta, int(rx.get("bytes", got)), zc.queue)
+        assert short is None, f"zcrx on {rx_host.name} {rx_host.nic.ifname}: {short}"
 
 
 @pytest.mark.parametrize("mode", _modes())

@@ -14,7 +14,9 @@ its per-second samples; system CPU of both hosts from /proc/stat (softirq
 included) over the same window; CPU seconds per GB; % of the link speed where
 the NIC reports one. Stored as samples of `linerate/<mode>`: `gbps` (higher),
 `cpu_rx_pct` and `cpu_tx_pct` (lower), `cpu_per_gb` (lower; RX host),
-`link_pct` (higher). The traffic programs' source hash goes into the run's
+`link_pct` (higher) and, beside it, `ceiling_pct` (higher): the share of the TCP
+goodput ceiling at the data path's MTU (hwtests.goodput; MTU and ceiling in the
+sample's extra). The traffic programs' source hash goes into the run's
 artifacts and on every sample.
 
 Knobs (environment; short defaults for the lab, every run bounded):
@@ -30,7 +32,7 @@ import time
 
 import pytest
 
-from hwtests import cpustat, nicsetup
+from hwtests import cpustat, goodput, nicsetup
 from hwtests.errors import HwtestsError
 
 MODES = {
@@ -95,7 +97,7 @@ def _deploy(request, traffic_bins, he):
             pytest.fail(f"{he.name}: building the traffic programs failed: {exc}", pytrace=False)
         try:
             hs = request.getfixturevalue("hw_session")
-            hs.artifacts.update({f"{he.name}:{k}": v for k, v in traffic_bins[he.name].artifacts().items()})
+            hs.deployed(he.name, traffic_bins[he.name].artifacts())
         except pytest.FixtureLookupError:
             pass
     return traffic_bins[he.name]
@@ -125,6 +127,36 @@ def _link_speed_mbps(he) -> int | None:
         return None
     s = nic.get("speed_mbps")
     return int(s) if isinstance(s, (int, float)) and s > 0 else None
+
+
+MTU_TIMEOUT = 10.0
+
+
+def _mtu(he) -> int | None:
+    """The data NIC's MTU: the probe's, else read from sysfs (the probe's read may have timed out)."""
+    nic = ((he.probe or {}).get("nics") or {}).get(he.nic.ifname) or {}
+    m = nic.get("mtu")
+    if isinstance(m, int) and not isinstance(m, bool) and m > 0:
+        return m
+    try:
+        r = he.t.run(["cat", f"/sys/class/net/{he.nic.ifname}/mtu"], timeout=MTU_TIMEOUT, check=False)
+    except HwtestsError:
+        return None
+    out = r.stdout.strip()
+    return int(out) if r.exit_status == 0 and out.isdigit() and int(out) > 0 else None
+
+
+def _ceiling(rx, tx) -> tuple[goodput.Ceiling | None, dict]:
+    """The TCP goodput ceiling of the data path (the smaller MTU of the two ends) and what it rests on."""
+    mtus = {"mtu_rx": _mtu(rx), "mtu_tx": _mtu(tx)}
+    known = [m for m in mtus.values() if m]
+    if not known:
+        return None, dict(mtus, ceiling_error="MTU unknown on both hosts")
+    try:
+        c = goodput.tcp_ceiling(min(known), goodput.family_of(rx.addr))
+    except ValueError as exc:
+        return None, dict(mtus, ceiling_error=str(exc))
+    return c, dict(mtus, mtu=c.mtu, family=c.family, ceiling_pct=round(c.pct, 3))
 
 
 def _same_machine(rx, tx) -> bool:
@@ -196,6 +228,7 @@ def test_linerate(request, hw_pair, mode, traffic_bins, hw_record_many):
         assert fval >= cfg["functional_bytes"], f"{test}: functional pass validated {fval} bytes only"
 
         speed = _link_speed_mbps(rx)
+        ceiling, ceiling_facts = _ceiling(rx, tx) if speed else (None, {})
         shared = _same_machine(rx, tx)
         samples: list = []
         summary = []
@@ -252,8 +285,12 @@ def test_linerate(request, hw_pair, mode, traffic_bins, hw_record_many):
                                       extra={"traffic_src": src, "pct": extra["cpu_tx"]},
                                       **dict(common, host=tx.name, boot_id=(tx.probe or {}).get("boot_id"))))
             if speed:
+                link_extra = {"speed_mbps": speed, "traffic_src": src, **ceiling_facts}
                 samples.append(Sample(metric="link_pct", value=100.0 * gbps * 1000 / speed, unit="%",
-                                      better="higher", extra={"speed_mbps": speed, "traffic_src": src}, **common))
+                                      better="higher", extra=link_extra, **common))
+                if ceiling is not None:
+                    samples.append(Sample(metric="ceiling_pct", value=goodput.share_of_ceiling(gbps, speed, ceiling),
+                                          unit="%", better="higher", extra=link_extra, **common))
             summary.append(f"{gbps:.2f} Gbit/s"
                            + (f", CPU rx {cpu_rx.busy_pct:.0f}% (softirq {cpu_rx.pct['softirq']:.0f}%)"
                               if cpu_rx else ", CPU rx n/a")

@@ -116,11 +116,11 @@ def test_pagepool_fast_path(request, rx_host, hw_record_many):
     except HwtestsError as exc:
         pytest.fail(f"{he.name}: {exc}", pytrace=False)
 
-    # module hashes into the run's artifacts (when the run is not created yet) and every sample
+    # module hashes into the run's artifacts and every sample
     try:
         hs = request.getfixturevalue("hw_session")
         for rr in results[:1]:
-            hs.artifacts.update({f"{he.name}:{k}": v for k, v in rr.artifacts.items()})
+            hs.deployed(he.name, rr.artifacts)
     except pytest.FixtureLookupError:
         pass
 

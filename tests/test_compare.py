@@ -389,3 +389,43 @@ def test_only_tests_keeps_the_undecided_items(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     ran = sorted(re.findall(r"::(\S+) PASSED", r.stdout))
     assert ran == ["test_lr[tcp]", "test_pp"] and "3 deselected" in r.stdout
+
+
+def test_ab_gate_sequentially_drives_boots_and_stops_on_interrupt_or_lost_lease(tmp_path, monkeypatch):
+    """gate_sequentially with boot_and_suite replaced (no kernels here): A B per extra boot, only
+    the undecided tests, suite failures counted, Ctrl-C and a lost lease stop the plan."""
+    from hwtests import plugin
+    from hwtests.errors import InfraError
+
+    fake, store, _ = _ab(tmp_path, ["pagepool/hidden", "pagepool/same"])
+    rcs = iter([0, 1, 0, 0])                      # the B suite of the first extra round fails a test
+    booted = []
+
+    def boot(args, inv, pair, label, holder, tests, say):
+        booted.append((label, holder, tuple(tests)))
+        fake.boot(label, tests)
+        return next(rcs)
+
+    monkeypatch.setattr(abrun, "boot_and_suite", boot)
+    args = argparse.Namespace(rounds=2, max_rounds=6)
+    inv = argparse.Namespace(thresholds={})
+    pair = argparse.Namespace(name="p1")
+    try:
+        comps, rc = abrun.gate_sequentially(args, inv, pair, "A", "B", store, "holder-1", lambda: None, 0.0,
+                                            lambda s: None)
+        assert rc == 1 and booted == [(x, "holder-1", ("pagepool/hidden",)) for x in "ABAB"]
+        assert {c.test: c.verdict for c in comps} == {"pagepool/hidden": "regression", "pagepool/same": "pass"}
+
+        (tmp_path / "2").mkdir()
+        _, store2, _ = _ab(tmp_path / "2", ["pagepool/noisy"])
+        rcs = iter([2])                           # pytest's 2 that the plugin did not set: interrupted
+        plugin.last_exit_set = None
+        monkeypatch.setattr(abrun, "boot_and_suite", lambda *a: next(rcs))
+        comps, rc = abrun.gate_sequentially(args, inv, pair, "A", "B", store2, "h", lambda: None, 0.0, lambda s: None)
+        assert rc == 130
+        with pytest.raises(InfraError, match="lease expired before extra boot 1"):
+            abrun.gate_sequentially(args, inv, pair, "A", "B", store2, "h", lambda: "lease expired", 0.0,
+                                    lambda s: None)
+        store2.close()
+    finally:
+        store.close()

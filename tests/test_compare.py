@@ -429,3 +429,24 @@ def test_ab_gate_sequentially_drives_boots_and_stops_on_interrupt_or_lost_lease(
         store2.close()
     finally:
         store.close()
+
+
+def test_only_tests_on_the_real_suite_in_the_netns_lab(netns_lab, tmp_path):
+    """The extension's pytest session for real (the shipped suite, the netns lab's sshd pairs):
+    only the undecided test's items run and store; the rest of the suite is deselected."""
+    db = tmp_path / "only.db"
+    code = ("import argparse, sys, pytest\nfrom hwtests import abrun, runner\n"
+            f"ns = argparse.Namespace(inventory={str(netns_lab)!r}, kernel_build='B', pair=['pair1'], db={str(db)!r},"
+            " gate_baseline=None, html=None, extra=['-p', 'no:cacheprovider', '-rA'])\n"
+            "sys.exit(pytest.main(runner.pytest_args(ns), plugins=[abrun.OnlyTests(['linerate/tcp'])]))\n")
+    env = dict(os.environ, HWTESTS_LINERATE_DURATION="1", HWTESTS_LINERATE_REPEAT="2",
+               HWTESTS_LINERATE_WARMUP="0", HWTESTS_LINERATE_COOLDOWN="0")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, env=env,
+                       cwd=tmp_path)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    assert re.search(r"\b1 passed\b", r.stdout) and re.search(r"\b\d+ deselected\b", r.stdout), r.stdout[-2000:]
+    with Store.open(str(db)) as s:
+        outcomes = s.outcomes(labels=["B"])
+        samples = s.samples(labels=["B"])
+    assert {(o.pair, o.test, o.outcome) for o in outcomes.itertuples()} == {("pair1", "linerate/tcp", "passed")}
+    assert set(samples["test"]) == {"linerate/tcp"} and (samples["metric"] == "gbps").sum() == 2

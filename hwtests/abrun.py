@@ -220,11 +220,28 @@ def boot_and_suite(args: argparse.Namespace, inv, pair, label: str, holder: str,
 
     for h in (pair.rx.host, pair.tx.host):
         kswitch.switch(inv, inv.hosts[h], label, timeout=args.boot_timeout, force=True, progress=say)
+    extra = list(getattr(args, "extra", []))
     ns = argparse.Namespace(inventory=args.inventory, kernel_build=label, pair=[pair.name], db=args.db,
                             gate_baseline=None, html=None, lease_holder=holder,
-                            extra=list(getattr(args, "extra", [])))
+                            extra=without_xdist(extra) if tests else extra)
     plugin.last_exit_set = None
     return int(pytest.main(runner.pytest_args(ns), plugins=[OnlyTests(tests)] if tests else None))
+
+
+def without_xdist(extra: list[str]) -> list[str]:
+    """pytest arguments minus -n/--numprocesses/--dist: xdist workers collect on their own and never
+    see a plugin object handed to pytest.main, so OnlyTests would select nothing there (and one
+    pair runs on one worker anyway)."""
+    out: list[str] = []
+    skip = False
+    for a in extra:
+        if skip:
+            skip = False
+        elif a in ("-n", "--numprocesses", "--dist"):
+            skip = True
+        elif not a.startswith(("-n", "--numprocesses=", "--dist=")):
+            out.append(a)
+    return out
 
 
 def gate_sequentially(args: argparse.Namespace, inv, pair, a: str, b: str, store, holder: str, lost,

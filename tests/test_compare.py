@@ -450,3 +450,8 @@ def test_only_tests_on_the_real_suite_in_the_netns_lab(netns_lab, tmp_path):
         samples = s.samples(labels=["B"])
     assert {(o.pair, o.test, o.outcome) for o in outcomes.itertuples()} == {("pair1", "linerate/tcp", "passed")}
     assert set(samples["test"]) == {"linerate/tcp"} and (samples["metric"] == "gbps").sum() == 2
+
+
+def test_extension_sessions_drop_xdist_options():
+    assert abrun.without_xdist(["-k", "pagepool", "-n", "4", "-v", "-n2", "--numprocesses=3", "--dist", "load",
+                                "--dist=loadgroup", "--numprocesses", "auto", "-x"]) == ["-k", "pagepool", "-v", "-x"]

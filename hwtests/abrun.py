@@ -132,7 +132,8 @@ def _plan(args: argparse.Namespace, inv, pair, a: str, b: str, holder: str, lost
     if args.html:
         from .report import write_report
         path = write_report(store, Path(args.html), builds=[a, b], baseline=a,
-                            title=f"{a} vs {b} on {pair.name}", thresholds=inv.thresholds)
+                            title=f"{a} vs {b} on {pair.name}", thresholds=inv.thresholds,
+                            comparisons={b: comps})   # the page shows the sequential gate's verdicts
         print(f"report: {Path(path).resolve()}")
     say(f"hwtests ab: {len(plan)} boots in {time.monotonic() - t_start:.0f} s")
     return code if code else worst

@@ -770,8 +770,12 @@ class Ctx:
 
 def write_report(store, out_path, builds: list[str] | None = None, baseline: str | None = None,
                  title: str | None = None, note: str | None = None, csv_path: Path | None = None,
-                 db: str | None = None, thresholds: dict | None = None) -> Path:
+                 db: str | None = None, thresholds: dict | None = None,
+                 comparisons: dict[str, list] | None = None) -> Path:
     """Render the report of `builds` (default: every label) to `out_path`; return the path.
+
+    `comparisons` (candidate label -> the gate's comparisons against `baseline`) are shown as
+    given, so a page agrees with the verdicts of the caller (`hwtests ab`'s sequential gate).
 
     The page (and the CSV, if asked for) appear whole or not at all: both are written to
     temporary files first and renamed into place only once both are written.
@@ -779,7 +783,7 @@ def write_report(store, out_path, builds: list[str] | None = None, baseline: str
     out_path = _out_file(out_path, "--out")
     csv_path = _out_file(csv_path, "--csv") if csv_path is not None else None
     ctx = build_context(store, builds=builds, baseline=baseline, title=title, note=note, db=db,
-                        csv_path=csv_path, thresholds=thresholds)
+                        csv_path=csv_path, thresholds=thresholds, comparisons=comparisons)
     files = [(out_path, render(ctx).encode("utf-8"))]
     if csv_path is not None:
         files.append((csv_path, ctx.csv_raw or b""))
@@ -808,7 +812,7 @@ def _out_file(path, option: str) -> Path:
 
 
 def build_context(store, builds=None, baseline=None, title=None, note=None, db=None, csv_path=None,
-                  thresholds=None) -> Ctx:
+                  thresholds=None, comparisons=None) -> Ctx:
     import numpy as np
     import pandas as pd
 
@@ -936,7 +940,9 @@ def _fill(ctx: Ctx, store, painter: "_Painter", note=None, csv_path=None, thresh
         if compare is not None:
             for c in candidates:
                 try:
-                    for cmp in compare.compare_labels(gate_store, baseline, c, thresholds=thresholds):
+                    given = (comparisons or {}).get(c)
+                    for cmp in (given if given is not None
+                                else compare.compare_labels(gate_store, baseline, c, thresholds=thresholds)):
                         comps.setdefault((cmp.test, cmp.metric, c), []).append(cmp)
                 except Exception as exc:  # the report still shows numbers without verdicts
                     ctx.problems.append(f"{baseline} vs {c}: no verdicts: {exc}")

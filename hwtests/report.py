@@ -850,13 +850,15 @@ def build_context(store, builds=None, baseline=None, title=None, note=None, db=N
     ctx.command = shlex.join(cmd)
     painter = _Painter(parallel=True)     # started first: its imports overlap loading the samples
     try:
-        return _fill(ctx, store, painter, note=note, csv_path=csv_path, thresholds=thresholds)
+        return _fill(ctx, store, painter, note=note, csv_path=csv_path, thresholds=thresholds,
+                     comparisons=comparisons)
     except BaseException:
         painter.abort()
         raise
 
 
-def _fill(ctx: Ctx, store, painter: "_Painter", note=None, csv_path=None, thresholds=None) -> Ctx:
+def _fill(ctx: Ctx, store, painter: "_Painter", note=None, csv_path=None, thresholds=None,
+          comparisons=None) -> Ctx:
     import numpy as np
     import pandas as pd
 

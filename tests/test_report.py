@@ -403,3 +403,18 @@ def test_summary_fits_the_window(wide_page, tmp_path, width):
     for n in v["notes"]:
         assert n["w"] >= 0.8 * t["width"], f"a note squeezed into {n['w']:.0f} of {t['width']:.0f} px"
         assert n["h"] <= 2 * v["line"] + 1, f"a note of {n['text']} characters takes {n['h']:.0f} px"
+
+
+def test_page_shows_the_callers_verdicts(store, tmp_path):
+    """`hwtests ab` hands its sequential gate's comparisons to the page, which shows them
+    instead of judging the samples again as one look."""
+    from hwtests import compare
+
+    comps = compare.compare_labels(store, "base", "patched")
+    reg = next(c for c in comps if c.test == REGRESSED and c.metric == "cycles")
+    assert reg.verdict == "regression"
+    reg.verdict = "inconclusive"                  # as if the plan had not decided it yet
+    out = write_report(store, tmp_path / "r.html", builds=["base", "patched"], baseline="base",
+                       comparisons={"patched": comps})
+    rows = [r for r in _summary_rows(out.read_text()) if REGRESSED in r and ">cycles<" in r.replace(" <span", "<")]
+    assert rows and "v-inconclusive" in rows[0] and "v-regression" not in rows[0]

@@ -131,6 +131,8 @@ def test_nic_path_refused_and_auto_falls_back(lab, hosts, bins):
     rx = _nodev_ok(res, 8 << 20)
     assert rx["zcrx_fallback"].startswith(f"zcrx: IORING_REGISTER_ZCRX_IFQ on {ifname} queue 0: "), rx
     assert os.strerror(ei.value.errno) in rx["zcrx_fallback"], (rx["zcrx_fallback"], ei.value.reason)
+    # the area was sized for the NIC's RX ring (ethtool -g), as the NIC path would need
+    assert rx["area_sizing"].startswith("RX ring "), rx["area_sizing"]
 
 
 LIMIT = "/sys/module/udmabuf/parameters/size_limit_mb"

@@ -51,6 +51,9 @@ DECIMALS = {"cycles": 2, "ns": 2, "gbps": 2, "cpu_per_gb": 3, "link_pct": 1, "ce
 METRIC_ORDER = {"cycles": 0, "ns": 1, "gbps": 2, "cpu_per_gb": 3, "link_pct": 4, "ceiling_pct": 5}
 # Shares shown by what they are a share of (the unit alone, %, would not say).
 METRIC_LABEL = {"link_pct": "% of link", "ceiling_pct": "% of TCP ceiling"}
+# Tests whose figures are not what their family's name suggests, labelled wherever the name is shown:
+# io_uring zcrx without a NIC (ZCRX_REG_NODEV) copies every byte, so it is never a zero-copy figure.
+TEST_LABELS = {"linerate/zcrx-nodev": "copy fallback, functional"}
 VERDICT_ORDER = {"regression": 0, "incomparable": 1, "inconclusive": 2, "improvement": 3, "unchanged": 4, "none": 5}
 
 # Build colors (colorblind-safe, Okabe-Ito); the baseline is always the first.
@@ -1405,7 +1408,7 @@ def render(ctx: Ctx) -> str:
     markup = jinja2.utils.markupsafe.Markup
     env.filters.update(v=fmt_value, p=fmt_p, pct=fmt_pct, shift=fmt_shift, int=fmt_int,
                        wbr=lambda name: markup("<wbr>").join(break_points(name)))
-    env.globals.update(VERDICT_LABEL=VERDICT_LABEL, METRIC_LABEL=METRIC_LABEL, Markup=jinja2.utils.markupsafe.Markup)
+    env.globals.update(VERDICT_LABEL=VERDICT_LABEL, METRIC_LABEL=METRIC_LABEL, TEST_LABELS=TEST_LABELS, Markup=jinja2.utils.markupsafe.Markup)
     tpl = env.get_template("report.html.j2")
     return tpl.render(c=ctx, version=_version())
 

@@ -28,6 +28,7 @@ the exit status and the last output lines.
 
 from __future__ import annotations
 
+import errno as errno_mod
 import hashlib
 import json
 import os
@@ -367,8 +368,14 @@ def parse_summary(stdout: str) -> dict[str, Any] | None:
 # `flow_bytes` lists of numbers. Fields not named here pass as they are (a newer program).
 _COUNTERS = ("bytes", "mismatches", "validated_bytes", "tokens_returned", "zc_sends", "zc_completions",
              "zc_copied", "flows", "corrupted_bytes", "dmabuf_id", "dmabuf_frags", "linear_frags", "linear_bytes",
-             "copied_bytes", "zcrx_cqes", "refills", "queue", "num_queues", "pid")
-_TEXTS = ("role", "mode", "version", "unsupported", "step", "error", "extack", "ifname")
+             "linear_header_bytes", "copied_bytes", "zcrx_cqes", "zcrx_data_cqes", "refills", "refill_flushes",
+             "refill_pending", "cq_full_rearms", "no_buffer_rearms", "rearms", "refill_ring_full", "cq_entries",
+             "area_size", "rx_buf_len", "zcrx_register_flags", "zcrx_query_errno", "queue", "num_queues", "pid")
+_TEXTS = ("role", "mode", "version", "unsupported", "step", "error", "extack", "ifname", "zcrx_path",
+          "zcrx_fallback", "area_sizing")
+# hwt_rx --mode zcrx: the path its summary names. "nodev-copy" (ZCRX_REG_NODEV) moves every byte
+# through the kernel's copy fallback: a functional result, never a zero-copy figure.
+ZCRX_PATHS = ("zero-copy", "nodev-copy")
 
 
 def _is_int(v: Any) -> bool:
@@ -405,6 +412,8 @@ def check_summary(obj: dict[str, Any], host: str, role: str) -> dict[str, Any]:
             raise bad(k, "a list of strings")
         if k == "binds" and not (isinstance(v, list) and all(isinstance(x, dict) for x in v)):
             raise bad(k, "a list of objects")
+        if k == "zcrx_path" and v not in ZCRX_PATHS:
+            raise bad(k, " or ".join(ZCRX_PATHS))
     return obj
 
 
@@ -713,6 +722,19 @@ def wait_queues_released(t: Transport, bins: TrafficBinaries, mode: str, ifname:
 
 
 # -- analysis (pure) ------------------------------------------------------------------------
+
+def zcrx_unsupported_reason(exc: Unsupported, kernel_release: str) -> str:
+    """One line saying what the kernel lacks for io_uring zcrx, from hwt_rx's exit-4 report (pure):
+    'io_uring zcrx: kernel 6.12.57 has no ZCRX_REG_NODEV (query EINVAL)'."""
+    extack = str(exc.summary.get("extack") or "")
+    if exc.step.endswith("IORING_REGISTER_QUERY"):
+        if "register_flags" in extack:
+            why = "query: " + extack.rsplit(": ", 1)[-1]
+        else:
+            why = "query " + (errno_mod.errorcode.get(exc.errno, str(exc.errno)) if exc.errno is not None else "failed")
+        return f"io_uring zcrx: kernel {kernel_release} has no ZCRX_REG_NODEV ({why})"
+    return f"io_uring zcrx: kernel {kernel_release}: {exc.reason}"
+
 
 def steady_state(samples: Sequence[float], warmup: int = 1, cooldown: int = 1) -> list[float]:
     """Per-second samples without the first `warmup` and the last `cooldown` ones.

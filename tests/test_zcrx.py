@@ -18,23 +18,8 @@ import subprocess
 import pytest
 
 from hwtests import traffic
-from hwtests.transport import LocalTransport
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="io_uring zcrx registration needs CAP_NET_ADMIN")
-
-
-@pytest.fixture(scope="module")
-def lt():
-    t = LocalTransport("local")
-    yield t
-    t.cleanup()
-
-
-@pytest.fixture(scope="module")
-def bins(lt, tmp_path_factory):
-    if not shutil.which("cc") or not shutil.which("make"):
-        pytest.skip("no cc/make on this machine")
-    return traffic.build(lt, cache_root=tmp_path_factory.mktemp("traffic-cache"))
 
 
 def _run(argv, timeout=30):

@@ -41,7 +41,7 @@ from typing import Any, Callable
 
 import yaml
 
-from . import debkernel, vmimage
+from . import debkernel, kbuildprep, vmimage
 from .errors import InfraError, InputError
 
 QEMU = "qemu-system-x86_64"
@@ -186,6 +186,8 @@ def fetch_kernel(release: str, cache: Path, progress: Callable[[str], None]) -> 
                          progress=lambda s: progress(f"vm lab: {release}: {s}"))
     if dk.modules_dir is None:
         raise InfraError(f"vm lab: the {release} image packages hold no lib/modules/{release}/kernel")
+    # a tree that cannot build modules here is still listed: its blocker file says why
+    kbuildprep.prepare(dk, progress=lambda s: progress(f"vm lab: {release}: {s}"))
     return KernelFiles(release, dk.vmlinuz, dk.config, dk.headers_dir, dk.modules_dir)
 
 

@@ -443,10 +443,6 @@ def image_packages(release: str, arch: Archive | None = None) -> list[str]:
                      f"is not in the package index of {arch.name}")
 
 
-def image_package(release: str) -> str:
-    return image_packages(release)[0]
-
-
 def _image_files(img: Path, release: str) -> tuple[Path | None, Path | None, Path | None]:
     """(vmlinuz, config, modules dir) in an unpacked image, in either package layout."""
     mods = next((d for d in (img / "lib" / "modules" / release, img / "usr" / "lib" / "modules" / release)

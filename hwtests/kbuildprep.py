@@ -21,6 +21,7 @@ proves the result by building a small module.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import platform
@@ -288,15 +289,23 @@ def _probe_build(headers_dir: Path, args: list[str], work: Path) -> None:
 
 def prepare(dk: debkernel.DebKernel, progress: Callable[[str], None] = lambda s: None,
             force: bool = False) -> Prep:
-    """Decide (and cache in the tree) how modules are built against `dk`'s headers here."""
+    """Decide (and cache in the tree) how modules are built against `dk`'s headers here.
+
+    Parallel calls for one tree (parallel lab ups) wait for each other."""
+    with open(Path(dk.headers_dir).parents[3] / ".kbuildprep.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _prepare_locked(dk, progress, force)
+
+
+def _prepare_locked(dk: debkernel.DebKernel, progress: Callable[[str], None], force: bool) -> Prep:
     hdir = Path(dk.headers_dir)
     state = hdir / STATE_FILE
     key = machine_key()
     if not force:
         try:
-            old = Prep(**json.loads(state.read_text()))
-            if old.machine == key and json.loads(state.read_text()).get("version") == VERSION:
-                return old
+            saved = json.loads(state.read_text())
+            if saved.pop("version", None) == VERSION and saved.get("machine") == key:
+                return Prep(**saved)
         except (OSError, ValueError, TypeError):
             pass
     t0 = time.monotonic()
@@ -327,6 +336,8 @@ def prepare(dk: debkernel.DebKernel, progress: Callable[[str], None] = lambda s:
                     if tool in built and rel not in prep.rebuilt:
                         _install(built[tool], kbuild / rel)
                         prep.rebuilt.append(rel)
+        # also those replaced by an earlier prepare (their shipped file is kept as NAME.debian)
+        prep.rebuilt = sorted(str(p.relative_to(kbuild))[:-len(".debian")] for p in kbuild.rglob("*.debian"))
         with tempfile.TemporaryDirectory(prefix="hwt-kbuild-", dir=hdir.parents[3]) as tmp:
             _probe_build(hdir, prep.make_args + debkernel.kbuild_args(), Path(tmp))
         prep.ok = True

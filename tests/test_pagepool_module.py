@@ -128,6 +128,47 @@ def test_headers_tree_is_fixed_and_reused(tmp_path):
     assert any(p.endswith("-common") for p in again.packages)
 
 
+
+def test_deb7_headers_prepared_for_this_machine():
+    """What kbuildprep did to the 7.x tree is what this machine needs, and the shipped helpers it
+    replaced really cannot run here."""
+    dk = headers("7")
+    prep = kbuildprep.prepare(dk)
+    kbuild = (dk.headers_dir / "scripts").resolve().parent
+    assert not [b for b in kbuildprep.unrunnable(kbuild) if b in kbuildprep.NEEDED_TOOLS]
+    for rel in prep.rebuilt:
+        shipped = kbuild / (rel + ".debian")
+        assert shipped.is_file()
+        r = subprocess.run(["ldd", str(shipped)], capture_output=True, text=True, timeout=30)
+        assert "not found" in r.stdout + r.stderr, rel          # the reason it was rebuilt
+    kcc = kbuildprep.kernel_compiler(dk.headers_dir)
+    if shutil.which(kcc) or shutil.which(f"x86_64-linux-gnu-{kcc}"):
+        assert not any(a.startswith("CC=") for a in prep.make_args)
+    else:
+        cc = next(a for a in prep.make_args if a.startswith("CC="))[3:]
+        assert shutil.which(cc) and any(a.startswith("CONFIG_GCC_VERSION=") for a in prep.make_args)
+        rejects = subprocess.run([cc, "-Werror", "-fmin-function-alignment=16", "-x", "c", "-c", "-o", os.devnull,
+                                  "-"], input="int x;\n", capture_output=True, text=True).returncode != 0
+        assert ("CONFIG_CC_HAS_MIN_FUNCTION_ALIGNMENT=" in prep.make_args) == rejects
+    assert (dk.headers_dir / kbuildprep.ARGS_FILE).read_text().split() == prep.make_args
+
+
+def test_tree_that_cannot_build_is_a_blocker_naming_why(tmp_path):
+    """pagepool's host facts read the blocker kbuildprep leaves in a headers dir, and its make arguments."""
+    kdir = tmp_path / "headers"
+    kdir.mkdir()
+    (kdir / "Makefile").write_text("# a headers tree\n")
+    (kdir / kbuildprep.ARGS_FILE).write_text("CC=gcc-12\nCONFIG_X=\nbad arg;rm\n")
+    why = "building modules against the 7.9.9 headers on this machine: objtool: did not finish within 900 s"
+    (kdir / kbuildprep.BLOCKER_FILE).write_text(why + "\n")
+    with LocalTransport("local") as t:
+        f = pagepool.host_facts(t, str(kdir))
+    assert pagepool.build_blocker(f) == why
+    assert f["kcc"] == "gcc-12"
+    args = pagepool.make_args(f)
+    assert args[:2] == ["CC=gcc-12", "CONFIG_X="] and not any(";" in a for a in args)
+    assert kbuildprep.blocker(kdir) == why and kbuildprep.make_args(kdir)[:2] == ["CC=gcc-12", "CONFIG_X="]
+
 def test_host_build_and_compiler_error_line():
     """pagepool.build on a host (this machine) against a given build dir."""
     dk = headers("6.12")

@@ -316,7 +316,7 @@ def _prepare_locked(dk: debkernel.DebKernel, progress: Callable[[str], None], fo
         broken = unrunnable(kbuild)
         need = sorted({NEEDED_TOOLS[b] for b in broken if b in NEEDED_TOOLS})
         if need:
-            progress(f"{dk.release}: kbuild helpers cannot run here ({', '.join(broken)}): "
+            progress(f"kbuild helpers cannot run here ({', '.join(broken)}): "
                      f"rebuilding {', '.join(need)} from the kernel's source")
             with tempfile.TemporaryDirectory(prefix="hwt-kbuild-", dir=hdir.parents[3]) as tmp:
                 work = Path(tmp)

@@ -9,9 +9,13 @@
 Nothing is added to this machine's network configuration. Guests reach nothing
 outside (`restrict=on`); the data link exists only between the two VMs.
 
-Every kernel build (Debian cloud-amd64 kernel, downloaded with `apt-get
-download` and cached) is listed per host in the inventory; the VMs boot the
-first one and `switch_kernel` restarts a VM on another. The guest is an
+Every kernel build is listed per host in the inventory with its release:
+by default deb6.12 and deb6.1 (newest of Debian 12) and deb7 (newest 7.x of
+trixie-backports), fetched and cached by `hwtests.debkernel`, their headers
+prepared for module builds here by `hwtests.kbuildprep`. The VMs boot the
+first build (or the one `boot` names) and `switch_kernel` restarts a VM on
+another; `require` checks guest features (io_uring, zcrx, udmabuf) after the
+boot and takes the lab down when one is missing. The guest is an
 initramfs (`hwtests.vmimage`) with a real OpenSSH server whose host key is made
 here, so known_hosts is written before the first boot and host keys are always
 verified.

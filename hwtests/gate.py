@@ -356,6 +356,9 @@ def _more_runs(b: np.ndarray, c: np.ndarray, t: Threshold, level: float, plan: P
     the detections of a 2% throughput drop.)
     """
     n = min(len(b), len(c))
+    if n == 0:      # a build where the test never produced a sample (skipped there): more of the same won't
+        side = "baseline" if len(b) == 0 else "candidate"
+        return None, f"the {side} has no samples of it (the test did not run there); more runs will not decide it"
     if plan is None:
         need = runs_needed(b, c, t.fail_delta(float(np.median(b))), level) if n >= MIN_RUNS else min_runs_for(level)
         if n >= MAX_RUNS or need > MAX_RUNS:

@@ -327,3 +327,15 @@ def test_advice_is_one_bounded_number(base, cand):
             bound = PLAN.sizes()[k - 1] + (s.more_runs or 0)
             assert bound <= PLAN.cap and (s.more_runs is None) == (k == PLAN.looks)
             assert_one_number(gate.advice(s), s.more_runs or PLAN.cap)
+
+
+@pytest.mark.parametrize("plan", [None, PLAN])
+def test_a_side_without_samples_is_not_extended(plan):
+    """A test that never ran on one build (skipped there, e.g. device-less zcrx before 7.1) has
+    no samples to add: inconclusive, decided, and the advice says why instead of a count."""
+    c = gate.compare_samples([], [0.10, 0.11, 0.09], "higher", test="linerate/zcrx-nodev", metric="gbps",
+                             plan=plan)
+    assert c.verdict == "inconclusive" and c.more_runs is None and gate.decided(c)
+    assert "baseline has no samples" in gate.advice(c) and "more runs will not decide it" in gate.advice(c)
+    short = gate.compare_samples([0.1], [0.10, 0.11, 0.09], "higher", plan=plan)
+    assert short.more_runs and not gate.decided(short)          # one sample: more runs do help

@@ -1,0 +1,361 @@
+"""Kernel counters: parsers on hand-written captures of the real formats, deltas, snapshots, storage.
+
+The captures below are written by hand in the kernel's formats (net/ipv4/proc.c,
+net/core/net-procfs.c, kernel/irq/proc.c, ethtool, perf stat -x,) with values chosen
+so every delta is known; the lab tests (netns) read the real files.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from hwtests import counters as C
+from hwtests import countersnap as S
+
+NETSTAT_A = """TcpExt: SyncookiesSent PruneCalled RcvPruned OfoPruned TCPRcvCollapsed TCPBacklogDrop ListenDrops TCPOFOQueue
+TcpExt: 0 3 0 0 10 0 1 100
+IpExt: InNoRoutes InOctets OutOctets InCsumErrors
+IpExt: 0 1000000 2000000 0
+"""
+NETSTAT_B = """TcpExt: SyncookiesSent PruneCalled RcvPruned OfoPruned TCPRcvCollapsed TCPBacklogDrop ListenDrops TCPOFOQueue
+TcpExt: 0 5 0 0 10 2 1 400
+IpExt: InNoRoutes InOctets OutOctets InCsumErrors
+IpExt: 0 9000000 2100000 0
+"""
+SNMP_A = """Ip: Forwarding DefaultTTL InReceives InHdrErrors InAddrErrors InDiscards OutDiscards
+Ip: 1 64 5000 0 0 0 0
+Tcp: RtoAlgorithm RtoMin RtoMax MaxConn ActiveOpens CurrEstab InSegs OutSegs RetransSegs InErrs OutRsts
+Tcp: 1 200 120000 -1 10 2 5000 4000 9 0 1
+"""
+SNMP_B = """Ip: Forwarding DefaultTTL InReceives InHdrErrors InAddrErrors InDiscards OutDiscards
+Ip: 1 64 8000 0 0 0 0
+Tcp: RtoAlgorithm RtoMin RtoMax MaxConn ActiveOpens CurrEstab InSegs OutSegs RetransSegs InErrs OutRsts
+Tcp: 1 200 120000 -1 11 1 8000 6000 36 0 1
+"""
+
+# 6.x: 15 columns, the 13th the CPU id (CPU 1 offline: ids 0 and 2)
+SOFTNET_15_A = ("0000000a 00000000 00000001 00000000 00000000 00000000 00000000 00000000 00000000 "
+                "00000000 00000000 00000000 00000000 00000000 00000000\n"
+                "000000f0 00000001 00000002 00000000 00000000 00000000 00000000 00000000 00000000 "
+                "00000005 00000000 00000003 00000002 00000001 00000002\n")
+SOFTNET_15_B = ("0000001a 00000000 00000001 00000000 00000000 00000000 00000000 00000000 00000000 "
+                "00000000 00000000 00000000 00000000 00000000 00000000\n"
+                "000001f0 00000004 0000000a 00000000 00000000 00000000 00000000 00000000 00000000 "
+                "00000005 00000000 00000000 00000002 00000000 00000000\n")
+# before 5.10: 11 columns, no CPU id
+SOFTNET_11 = ("00000010 00000000 00000000 00000000 00000000 00000000 00000000 00000000 00000000 00000000 00000000\n"
+              "00000020 00000000 00000003 00000000 00000000 00000000 00000000 00000000 00000000 00000000 00000000\n")
+
+INTERRUPTS_A = """           CPU0       CPU1       CPU2       CPU3
+  0:         44          0          0          0  IR-IO-APIC    2-edge      timer
+ 98:        100          0          0          0  IR-PCI-MSIX-0000:08:00.0    0-edge      mlx5_async0@pci:0000:08:00.0
+ 99:       1000         10          0          0  IR-PCI-MSIX-0000:08:00.0    1-edge      mlx5_comp0@pci:0000:08:00.0
+100:          0       2000          0          0  IR-PCI-MSIX-0000:08:00.0    2-edge      mlx5_comp1@pci:0000:08:00.0
+120:          5          5          5          5  IR-PCI-MSIX-0000:3b:00.0    0-edge      eth10-TxRx-0
+121:          7          0          0          0  IR-PCI-MSIX-0000:3b:00.0    1-edge      eth1-TxRx-0
+NMI:          0          0          0          0   Non-maskable interrupts
+LOC:     995380    1166117     100000     100000   Local timer interrupts
+ERR:          0
+MIS:          0
+"""
+INTERRUPTS_B = """           CPU0       CPU1       CPU2       CPU3
+  0:         44          0          0          0  IR-IO-APIC    2-edge      timer
+ 98:        101          0          0          0  IR-PCI-MSIX-0000:08:00.0    0-edge      mlx5_async0@pci:0000:08:00.0
+ 99:       1500         10          0          0  IR-PCI-MSIX-0000:08:00.0    1-edge      mlx5_comp0@pci:0000:08:00.0
+100:          0       2900          0          0  IR-PCI-MSIX-0000:08:00.0    2-edge      mlx5_comp1@pci:0000:08:00.0
+120:          9          9          9          9  IR-PCI-MSIX-0000:3b:00.0    0-edge      eth10-TxRx-0
+121:         17          0          0          0  IR-PCI-MSIX-0000:3b:00.0    1-edge      eth1-TxRx-0
+NMI:          0          0          0          0   Non-maskable interrupts
+LOC:     995480    1166217     100100     100100   Local timer interrupts
+ERR:          0
+MIS:          0
+"""
+
+ETHTOOL_A = """NIC statistics:
+     rx_packets: 1000
+     tx_packets: 500
+     rx_queue_0_drops: 0
+     rx_out_of_buffer: 2
+     tx-0.bytes: 77
+"""
+ETHTOOL_B = """NIC statistics:
+     rx_packets: 31000
+     tx_packets: 500
+     rx_queue_0_drops: 0
+     rx_out_of_buffer: 9
+     tx-0.bytes: 177
+"""
+
+PERF_OK = """# started on Fri Dec  4 16:00:00 2026
+
+12345678901,,cycles,2000000000,100.00,,
+23456789012,,instructions,2000000000,100.00,1.90,insn per cycle
+1234567,,cache-misses,2000000000,100.00,,
+4567,,branch-misses:u,2000000000,100.00,,
+"""
+# this machine (a VM without a PMU), as perf 6.x prints it
+PERF_NO_PMU = """<not supported>,,cycles,0,100.00,,
+<not supported>,,instructions,0,100.00,,
+<not supported>,,cache-misses,0,100.00,,
+<not supported>,,branch-misses,0,100.00,,
+"""
+PERF_HYBRID = """1000,,cpu_core/cycles/,100,100.00,,
+<not counted>,,cpu_atom/cycles/,0,0.00,,
+200,,cpu_atom/instructions/,100,50.00,,
+300,,cpu_core/instructions/,100,50.00,,
+<not counted>,,cache-misses,0,0.00,,
+"""
+
+
+# -- netstat / snmp ------------------------------------------------------------------------
+
+def test_netstat_and_snmp_parse_and_key_deltas():
+    a = C.parse_netstat(NETSTAT_A) | C.parse_netstat(SNMP_A, "/proc/net/snmp")
+    b = C.parse_netstat(NETSTAT_B) | C.parse_netstat(SNMP_B, "/proc/net/snmp")
+    assert a["Tcp.MaxConn"] == -1 and a["TcpExt.TCPOFOQueue"] == 100 and a["IpExt.InOctets"] == 1000000
+    d = C.deltas(a, b, keep=C.KEY_NETSTAT, skip=C.NETSTAT_GAUGES)
+    assert d["Tcp.RetransSegs"].value == 27 and d["TcpExt.TCPOFOQueue"].value == 300
+    assert d["TcpExt.PruneCalled"].value == 2 and d["TcpExt.TCPBacklogDrop"].value == 2
+    assert d["TcpExt.RcvPruned"].value == 0          # a key counter kept at 0
+    assert d["Ip.InReceives"].value == 3000
+    assert "Tcp.CurrEstab" not in d and "Tcp.MaxConn" not in d      # gauges and settings: no delta
+    assert "TcpExt.SyncookiesSent" not in d                        # quiet and not a key counter
+    assert "Tcp.ActiveOpens" in d                                  # changed: kept
+    # a key counter this kernel lacks is unavailable, not 0
+    assert d["TcpExt.TCPZeroWindowDrop"].value is None and "no such counter" in d["TcpExt.TCPZeroWindowDrop"].reason
+
+
+def test_this_machines_netstat_parses():
+    text = open("/proc/net/netstat").read()
+    got = C.parse_netstat(text)
+    assert any(k.startswith("TcpExt.") for k in got)
+
+
+@pytest.mark.parametrize("text,where", [
+    ("TcpExt: A B\nTcpExt: 1\n", "line 2: TcpExt: 2 names but 1 values"),
+    ("TcpExt: A B\nIpExt: 1 2\n", "line 2"),
+    ("TcpExt: A\nTcpExt: x\n", "TcpExt.A: 'x' is not an integer"),
+    ("TcpExt: A\n", "header without a values line"),
+    ("garbage line here\nmore\n", "line 1"),
+])
+def test_netstat_bad_input_names_the_line(text, where):
+    with pytest.raises(C.CounterFormatError, match="/proc/net/netstat") as ei:
+        C.parse_netstat(text)
+    assert where in str(ei.value) and "\n" not in str(ei.value)
+
+
+def test_delta_wraparound_or_reset_is_unavailable_not_negative():
+    d = C.delta(4294967290, 5)
+    assert d.value is None and "backwards" in d.reason
+    assert C.delta(None, 5).value is None
+    assert C.delta(5, 5).value == 0
+    got = C.deltas({"Tcp.RetransSegs": 100}, {"Tcp.RetransSegs": 3}, keep=("Tcp.RetransSegs",))
+    assert got["Tcp.RetransSegs"].value is None
+
+
+# -- softnet -----------------------------------------------------------------------------------
+
+def test_softnet_15_columns_cpu_ids_from_the_kernel():
+    a, b = C.parse_softnet(SOFTNET_15_A), C.parse_softnet(SOFTNET_15_B)
+    assert [r.cpu for r in a] == [0, 2] and a[1].received_rps == 5 and a[1].backlog_len == 3
+    d = C.softnet_delta(a, b)
+    assert d.total["processed"].value == 0x10 + 0x100
+    assert d.total["dropped"].value == 3 and d.total["time_squeeze"].value == 8
+    assert d.worst["time_squeeze"] == (2, C.Value(8))
+    assert d.worst["processed"][0] == 2
+
+
+def test_softnet_old_kernel_by_position_and_offline_cpu():
+    rows = C.parse_softnet(SOFTNET_11)
+    assert [r.cpu for r in rows] == [0, 1] and rows[1].time_squeeze == 3 and rows[0].backlog_len is None
+    assert rows[0].cpu_from == "position"
+    # a CPU that went away between the snapshots: its delta and the sum are unavailable, not short
+    d = C.softnet_delta(C.parse_softnet(SOFTNET_15_A), C.parse_softnet(SOFTNET_15_A.splitlines()[0] + "\n"))
+    assert d.total["processed"].value is None and "CPU 2" in d.total["processed"].reason
+    assert d.worst["processed"] == (0, C.Value(0))
+
+
+def test_softnet_counter_wrap_is_unavailable():
+    a = C.parse_softnet("fffffff0 0 0 0 0 0 0 0 0 0 0 0 00000000\n")
+    b = C.parse_softnet("00000010 0 0 0 0 0 0 0 0 0 0 0 00000000\n")
+    assert C.softnet_delta(a, b).total["processed"].value is None
+
+
+def test_softnet_bad_input():
+    with pytest.raises(C.CounterFormatError, match="line 1: 3 columns"):
+        C.parse_softnet("1 2 3\n")
+    with pytest.raises(C.CounterFormatError, match="not hex"):
+        C.parse_softnet("zz 0 0 0 0 0 0 0 0 0 0\n")
+
+
+def test_this_machines_softnet_parses():
+    rows = C.parse_softnet(open("/proc/net/softnet_stat").read())
+    assert rows and all(r.processed >= 0 for r in rows)
+
+
+# -- interrupts --------------------------------------------------------------------------------
+
+def test_interrupts_nic_lines_by_name_bus_or_msi():
+    ta, tb = C.parse_interrupts(INTERRUPTS_A), C.parse_interrupts(INTERRUPTS_B)
+    assert ta.cpus == ["CPU0", "CPU1", "CPU2", "CPU3"]
+    assert [ln.irq for ln in ta.lines][-2:] == ["ERR", "MIS"] and ta.lines[-1].counts == (0,)
+    # eth1 by name: not eth10
+    assert [ln.irq for ln in C.nic_irq_lines(tb, "eth1")] == ["121"]
+    # mlx5 names no interface: by the device's bus address, or by its msi_irqs
+    assert [ln.irq for ln in C.nic_irq_lines(tb, "enp8s0f0np0", bus_info="0000:08:00.0")] == ["98", "99", "100"]
+    assert [ln.irq for ln in C.nic_irq_lines(tb, "enp8s0f0np0", irqs={"99", "100"})] == ["99", "100"]
+    lines = ["99", "100"]
+    d = C.irq_delta([ln for ln in ta.lines if ln.irq in lines], [ln for ln in tb.lines if ln.irq in lines], tb.cpus)
+    assert d.per_line == {"99:mlx5_comp0@pci:0000:08:00.0": C.Value(500), "100:mlx5_comp1@pci:0000:08:00.0": C.Value(900)}
+    assert d.per_cpu["CPU0"].value == 500 and d.per_cpu["CPU1"].value == 900 and d.total.value == 1400
+
+
+def test_interrupts_line_gone_is_unavailable():
+    ta, tb = C.parse_interrupts(INTERRUPTS_A), C.parse_interrupts(INTERRUPTS_B)
+    d = C.irq_delta([], C.nic_irq_lines(tb, "eth1"), tb.cpus)
+    assert d.total.value is None and "not in both" in d.total.reason
+    with pytest.raises(C.CounterFormatError, match="/proc/interrupts"):
+        C.parse_interrupts("  0: 1 2 timer\n")
+    assert ta.lines[0].name == "timer"
+
+
+# -- ethtool -S --------------------------------------------------------------------------------
+
+def test_ethtool_stats_and_deltas():
+    a, b = C.parse_ethtool_stats(ETHTOOL_A), C.parse_ethtool_stats(ETHTOOL_B)
+    assert a["tx-0.bytes"] == 77
+    d = C.deltas(a, b)
+    assert d == {"rx_out_of_buffer": C.Value(7), "rx_packets": C.Value(30000), "tx-0.bytes": C.Value(100)}
+
+
+def test_ethtool_without_statistics():
+    with pytest.raises(C.CounterFormatError, match="ethtool -S lo: no stats available"):
+        C.parse_ethtool_stats("no stats available\n", "ethtool -S lo")
+
+
+# -- perf stat -------------------------------------------------------------------------------------
+
+def test_perf_stat_counts():
+    got = C.perf_events(C.parse_perf_stat(PERF_OK))
+    assert got["cycles"].value == 12345678901 and got["instructions"].value == 23456789012
+    assert got["branch-misses"].value == 4567          # modifier :u dropped
+    assert C.per_element(got["cycles"], 1000).value == pytest.approx(12345678.901)
+
+
+def test_perf_not_supported_is_unavailable_never_zero():
+    got = C.perf_events(C.parse_perf_stat(PERF_NO_PMU))
+    for e in C.PERF_EVENTS:
+        assert got[e].value is None and "not supported" in got[e].reason
+    assert C.per_element(got["cycles"], 1000).value is None
+
+
+def test_perf_hybrid_pmus_summed_and_not_counted():
+    got = C.perf_events(C.parse_perf_stat(PERF_HYBRID))
+    assert got["cycles"].value == 1000                  # cpu_atom not counted: cpu_core's count stands
+    assert got["instructions"].value == 500
+    assert got["cache-misses"].value is None and "not counted" in got["cache-misses"].reason
+    assert got["branch-misses"].value is None and "no line" in got["branch-misses"].reason
+
+
+# -- a whole snapshot ---------------------------------------------------------------------------------
+
+def _snap(netstat, snmp, softnet, interrupts, ethtool, ethtool_rc=0, msi="", device=""):
+    return (f"@@ netstat\n{netstat}@@ rc 0\n@@ snmp\n{snmp}@@ rc 0\n@@ softnet\n{softnet}@@ rc 0\n"
+            f"@@ interrupts\n{interrupts}@@ rc 0\n@@ msi\n{msi}\n@@ rc 0\n@@ device\n{device}\n@@ rc 0\n"
+            f"@@ ethtool\n{ethtool}@@ rc {ethtool_rc}\n")
+
+
+def test_snapshot_rows_for_a_physical_nic():
+    a = S.parse_snapshot(_snap(NETSTAT_A, SNMP_A, SOFTNET_15_A, INTERRUPTS_A, ETHTOOL_A, msi="98\n99\n100",
+                               device="/sys/devices/pci0000:00/0000:00:02.0/0000:08:00.0"), "enp8s0f0np0")
+    b = S.parse_snapshot(_snap(NETSTAT_B, SNMP_B, SOFTNET_15_B, INTERRUPTS_B, ETHTOOL_B, msi="98\n99\n100",
+                               device="/sys/devices/pci0000:00/0000:00:02.0/0000:08:00.0"), "enp8s0f0np0")
+    assert not a.missing
+    rows = {r.name: r for r in S.host_rows(a, b, "enp8s0f0np0", "mlx5_core")}
+    assert rows["net.Tcp.RetransSegs"].value == 27 and rows["net.TcpExt.TCPOFOQueue"].value == 300
+    assert rows["softnet.time_squeeze"].value == 8 and rows["softnet.time_squeeze.worst_cpu"].value == 2
+    assert rows["irq.total"].value == 1401 and rows["irq.worst_cpu"].value == 1
+    assert rows["irq.99:mlx5_comp0@pci:0000:08:00.0"].value == 500
+    assert rows["ethtool.rx_out_of_buffer"].value == 7 and "ethtool.tx_packets" not in rows
+
+
+def test_snapshot_veth_no_irq_lines_and_no_ethtool():
+    text = _snap(NETSTAT_A, SNMP_A, SOFTNET_11, INTERRUPTS_A, "no stats available\n", ethtool_rc=94)
+    a, b = S.parse_snapshot(text, "veth0"), S.parse_snapshot(text, "veth0")
+    assert "ethtool -S veth0: no stats available" in a.missing["ethtool"]
+    rows = {r.name: r for r in S.host_rows(a, b, "veth0", "veth")}
+    assert rows["irq.total"].value is None
+    assert rows["irq.total"].reason == "no interrupt lines for veth (veth0) in /proc/interrupts"
+    assert rows["ethtool"].value is None and "no stats available" in rows["ethtool"].reason
+    assert rows["net.Tcp.RetransSegs"].value == 0
+    assert "line position" in rows["softnet.processed.worst_cpu"].reason
+
+
+def test_snapshot_missing_files_are_reasons():
+    text = ("@@ netstat\ncat: /proc/net/netstat: No such file or directory\n@@ rc 1\n@@ snmp\n" + SNMP_A + "@@ rc 0\n"
+            "@@ softnet\ncat: /proc/net/softnet_stat: No such file or directory\n@@ rc 1\n@@ interrupts\n")
+    s = S.parse_snapshot(text, "eth0")
+    assert "No such file" in s.missing["netstat"] and s.netstat["Tcp.RetransSegs"] == 9
+    assert "softnet_stat: cat" in s.missing["softnet"] and "interrupts" in s.missing
+    rows = {r.name: r for r in S.host_rows(s, s, "eth0")}
+    assert rows["softnet.processed"].value is None and "No such file" in rows["softnet.processed"].reason
+    assert rows["irq.total"].value is None
+
+
+def test_sampler_times_and_window():
+    times = S.parse_times("T 100.0 0\nT 100.5 1\nT 101.0 2\nT bad 3\nT 101.5 3\n", offset=10.0)
+    assert times == [(110.0, 0), (110.5, 1), (111.0, 2), (111.5, 3)]
+    assert S.window(times, 110.2, 111.4) == ((110.5, 1), (111.0, 2))
+    assert S.window(times, 110.2, 110.9) is None
+
+
+def test_sampler_on_this_machine_loopback():
+    """The real snapshot script on this machine's /proc: TCP over loopback shows in the counters."""
+    import socket
+    import threading
+
+    from hwtests.transport import LocalTransport
+
+    t = LocalTransport("local")
+    try:
+        s = S.CounterSampler(t, "lo", interval=0.2, max_seconds=5).start()
+        srv = socket.socket()
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(1)
+        got = []
+
+        def sink():
+            c, _ = srv.accept()
+            while True:
+                b = c.recv(65536)
+                if not b:
+                    break
+                got.append(len(b))
+            c.close()
+
+        th = threading.Thread(target=sink, daemon=True)
+        th.start()
+        time.sleep(0.5)
+        t0 = time.time()
+        cl = socket.create_connection(srv.getsockname(), timeout=5)
+        for _ in range(200):                       # bounded: 200 x 64 KiB over loopback
+            cl.sendall(b"x" * 65536)
+        cl.close()
+        th.join(timeout=10)
+        time.sleep(0.5)
+        t1 = time.time()
+        times = s.stop()
+        assert len(times) >= 3
+        rows = {r.name: r for r in s.rows_between(t0 - 0.3, t1)}
+        assert sum(got) == 200 * 65536
+        assert rows["net.Tcp.InSegs"].value > 0 and rows["net.IpExt.InOctets"].value >= 200 * 65536
+        assert rows["softnet.processed"].value is not None
+        assert rows["irq.total"].value is None and "no interrupt lines" in rows["irq.total"].reason
+        assert rows["ethtool"].value is None and rows["ethtool"].reason.startswith("ethtool -S lo")
+        assert 0 < rows["window_seconds"].value <= t1 - t0 + 0.3
+        srv.close()
+        s.cleanup()
+    finally:
+        t.close()

@@ -13,6 +13,7 @@ exists): what compare and the report show next to a verdict.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import statistics
 from contextlib import closing
@@ -82,8 +83,6 @@ def add(store, run_id: int, rows: list[StoredCounter]) -> int:
 
 def rows(store, labels=None, test_glob: str | None = None) -> list[dict]:
     """Stored counters joined with their run's label and pair."""
-    import fnmatch
-
     where, params = "", []
     if labels is not None:
         labels = [labels] if isinstance(labels, str) else list(labels)
@@ -127,3 +126,16 @@ def medians(stored: list[dict]) -> dict[tuple[str, str, str, str], CounterMedian
         reason = "" if vals else next((r["reason"] for r in rs if r["reason"]), "unavailable")
         out[key] = CounterMedian(*key, statistics.median(vals) if vals else None, len(vals), rs[0]["unit"], reason)
     return out
+
+
+def from_rows(test: str, repetition: int, host: str | None, role: str, rows) -> list[StoredCounter]:
+    """countersnap.CounterRow (or anything with name/value/unit/reason) -> rows to store."""
+    return [StoredCounter(test, repetition, host, role, r.name, r.value, r.unit, r.reason) for r in rows]
+
+
+def record(hs, pair_name: str, counters: list[StoredCounter]) -> None:
+    """Store counters under the plugin session's (`hw_session`) run of this pair; nothing with
+    --no-store or without a session."""
+    if hs is None or hs.no_store or not counters:
+        return
+    add(hs.store, hs.run_id(pair_name), counters)

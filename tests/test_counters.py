@@ -7,12 +7,16 @@ so every delta is known; the lab tests (netns) read the real files.
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
 
+from conftest import run_cli
 from hwtests import counters as C
+from hwtests import counterstore
 from hwtests import countersnap as S
+from hwtests.store import Store
 
 NETSTAT_A = """TcpExt: SyncookiesSent PruneCalled RcvPruned OfoPruned TCPRcvCollapsed TCPBacklogDrop ListenDrops TCPOFOQueue
 TcpExt: 0 3 0 0 10 0 1 100
@@ -359,3 +363,88 @@ def test_sampler_on_this_machine_loopback():
         s.cleanup()
     finally:
         t.close()
+
+
+# -- the line-rate suite on the netns lab (real sshd, real veth, real SQLite) ----------------------
+
+@pytest.fixture(scope="module")
+def linerate_counters(netns_lab, tmp_path_factory):
+    db = tmp_path_factory.mktemp("counters") / "results.db"
+    env = dict(os.environ, HWTESTS_LINERATE_DURATION="4", HWTESTS_LINERATE_REPEAT="2",
+               HWTESTS_LINERATE_WARMUP="1", HWTESTS_LINERATE_COOLDOWN="0")
+    r = run_cli("run", "--inventory", str(netns_lab), "--kernel-build", "lab-ctr", "--pair", "pair1",
+                "-k", "linerate and tcp", "--db", str(db), "-p", "no:cacheprovider", env=env, timeout=600)
+    return {"r": r, "db": db}
+
+
+@pytest.mark.lab
+def test_linerate_stores_counters_of_both_hosts(linerate_counters):
+    r = linerate_counters["r"]
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    st = Store.open(str(linerate_counters["db"]), create=False)
+    try:
+        got = counterstore.rows(st, labels=["lab-ctr"])
+        gbps = st.samples(labels=["lab-ctr"], metric="gbps")
+    finally:
+        st.close()
+    assert len(gbps) == 2 and (gbps["value"] > 0).all()
+    by = {(c["role"], c["repetition"], c["name"]): c for c in got}
+    assert {c["test"] for c in got} == {"linerate/tcp"}
+    for rep in (0, 1):
+        for role in ("rx", "tx"):
+            assert by[(role, rep, "window_seconds")]["value"] >= 1.0
+            # veth: TCP/IP counted in the host's namespace, softnet read, no IRQ lines
+            assert by[(role, rep, "net.Tcp.InSegs")]["value"] > 0
+            assert by[(role, rep, "softnet.processed")]["value"] is not None
+            irq = by[(role, rep, "irq.total")]
+            assert irq["value"] is None and irq["reason"].startswith("no interrupt lines for veth"), irq
+            assert any(n.startswith("ethtool") for (ro, rp, n) in by if ro == role and rp == rep)
+        # the receiver took in about what the throughput says, over the same window
+        rx_bytes = by[("rx", rep, "net.IpExt.InOctets")]["value"]
+        g = float(gbps[gbps["repetition"] == rep]["value"].iloc[0])
+        secs = by[("rx", rep, "window_seconds")]["value"]
+        assert 0.5 < rx_bytes / (g * 1e9 / 8 * secs) < 2.0, (rx_bytes, g, secs)
+    # counters are not samples: the gate never sees them
+    assert not any(m.startswith(("net.", "softnet.", "irq.")) for m in set(gbps["metric"]))
+
+
+# -- perf stat around a load ---------------------------------------------------------------------------
+
+def test_perf_stat_for_real_on_this_machine(tmp_path):
+    """The real perf here: where it is missing or the CPU has no PMU (a VM), every event is
+    unavailable with perf's own reason; where it counts, the counts are positive."""
+    from hwtests import pagepool
+    from hwtests.transport import LocalTransport
+
+    t = LocalTransport("local")
+    try:
+        facts = pagepool.host_facts(t)
+        why = pagepool.perf_blocker(t, facts)
+        if why is not None:
+            got = pagepool._perf_counts(t, str(tmp_path / "none.csv"), why)
+            assert all(v.value is None and v.reason == why for v in got.values())
+            pytest.skip(why)
+        out = str(tmp_path / "perf.csv")
+        r = t.run(["perf", "stat", "-x,", "-e", ",".join(C.PERF_EVENTS), "-o", out, "--",
+                   "sh", "-c", "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done"], timeout=60)
+        assert r.ok
+        got = pagepool._perf_counts(t, out, None)
+        assert set(got) == set(C.PERF_EVENTS)
+        for ev, v in got.items():
+            assert (v.value is not None and v.value > 0) or (v.value is None and v.reason.startswith("perf: ")), (ev, v)
+        assert not (tmp_path / "perf.csv").exists()           # read back and removed
+    finally:
+        t.close()
+
+
+def test_perf_rows_per_element():
+    from hwtests import pagepool, timebench
+
+    recs = [timebench.Record(type="for_loop", cycles=1, ns=0, invoke_count=1000),
+            timebench.Record(type="no-softirq-page_pool01", cycles=20, ns=5, invoke_count=1000)]
+    rr = pagepool.RunResult(0, recs, [], "", "b", "6.12", "hwt_pp_bench", "hwt",
+                            perf={"cycles": C.Value(40000.0), "instructions": C.unavailable("perf: no PMU")})
+    rows = {n: (v, u) for n, v, u in rr.perf_rows()}
+    assert rows["perf.cycles"][0].value == 40000 and rows["perf.cycles_per_element"][0].value == 20.0
+    assert rows["perf.instructions_per_element"][0].value is None
+    assert rows["perf.cycles_per_element"][1] == "per element"

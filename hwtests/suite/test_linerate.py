@@ -15,7 +15,9 @@ included) over the same window; CPU seconds per GB; % of the link speed where
 the NIC reports one. Stored as samples of `linerate/<mode>`: `gbps` (higher),
 `cpu_rx_pct` and `cpu_tx_pct` (lower), `cpu_per_gb` (lower; RX host),
 `link_pct` (higher). The traffic programs' source hash goes into the run's
-artifacts and on every sample.
+artifacts and on every sample. Kernel counters of both hosts over the same window
+(TCP/IP, softnet, the data NIC's interrupts and `ethtool -S`; `hwtests.countersnap`)
+go to the store's `counters` table: they explain a result and never gate.
 
 Knobs (environment; short defaults for the lab, every run bounded):
 HWTESTS_LINERATE_DURATION (s per timed run, 5), HWTESTS_LINERATE_REPEAT (3),
@@ -30,7 +32,7 @@ import time
 
 import pytest
 
-from hwtests import cpustat, nicsetup
+from hwtests import counterstore, countersnap, cpustat, nicsetup
 from hwtests.errors import HwtestsError
 
 MODES = {
@@ -169,6 +171,28 @@ def steady_window(samples: list[float], seconds: float, t_end: float, warmup: in
     return steady, sum(steady) / len(steady), (t0, t0 + len(steady))
 
 
+def _driver(he) -> str:
+    return (((he.probe or {}).get("nics") or {}).get(he.nic.ifname) or {}).get("driver") or ""
+
+
+def _counter_rows(test, rep, samplers, rx, tx, w0, w1) -> list:
+    """Both hosts' counter deltas over the steady window, as rows of the counters table."""
+    out = []
+    for role, he in (("rx", rx), ("tx", tx)):
+        s = samplers[role]
+        rows = s.rows_between(w0, w1, driver=_driver(he))
+        s.cleanup()
+        out += counterstore.from_rows(test, rep, he.name, role, rows)
+    return out
+
+
+def _session(request):
+    try:
+        return request.getfixturevalue("hw_session")
+    except pytest.FixtureLookupError:
+        return None
+
+
 # -- the test ----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("mode", _params())
@@ -198,17 +222,21 @@ def test_linerate(request, hw_pair, mode, traffic_bins, hw_record_many):
         speed = _link_speed_mbps(rx)
         shared = _same_machine(rx, tx)
         samples: list = []
+        counters: list = []
         summary = []
         for rep in range(cfg["repeat"]):
             srx = cpustat.CpuSampler(rx.t, interval=0.5, max_seconds=cfg["duration"] + 90, name="cpustat-rx").start()
             stx = cpustat.CpuSampler(tx.t, interval=0.5, max_seconds=cfg["duration"] + 90, name="cpustat-tx").start()
+            ctr = {role: countersnap.CounterSampler(he.t, he.nic.ifname, interval=0.5, max_seconds=cfg["duration"] + 90,
+                                                    name=f"counters-{role}").start()
+                   for role, he in (("rx", rx), ("tx", tx))}
             done = False
             try:
                 res = _run(rx, tx, bins, rx_mode, tx_mode, port, zc, duration=cfg["duration"])
                 t_end = time.time()
                 done = True
             finally:
-                for sampler in (srx, stx):
+                for sampler in (srx, stx, *ctr.values()):
                     try:
                         sampler.stop()
                     except HwtestsError:
@@ -254,11 +282,16 @@ def test_linerate(request, hw_pair, mode, traffic_bins, hw_record_many):
             if speed:
                 samples.append(Sample(metric="link_pct", value=100.0 * gbps * 1000 / speed, unit="%",
                                       better="higher", extra={"speed_mbps": speed, "traffic_src": src}, **common))
+            counters += _counter_rows(test, rep, ctr, rx, tx, w0, w1)
+            retrans = next((c.value for c in counters if c.repetition == rep and c.role == "tx"
+                            and c.name == "net.Tcp.RetransSegs"), None)
             summary.append(f"{gbps:.2f} Gbit/s"
                            + (f", CPU rx {cpu_rx.busy_pct:.0f}% (softirq {cpu_rx.pct['softirq']:.0f}%)"
                               if cpu_rx else ", CPU rx n/a")
-                           + (f", tx {cpu_tx.busy_pct:.0f}%" if cpu_tx else ", tx n/a"))
+                           + (f", tx {cpu_tx.busy_pct:.0f}%" if cpu_tx else ", tx n/a")
+                           + (f", retransmits {retrans:.0f}" if retrans is not None else ""))
         hw_record_many(samples)
+        counterstore.record(_session(request), hw_pair.name, counters)
         request.node.user_properties.append((f"{test}:summary", "; ".join(summary)))
         print(f"{test} on {hw_pair.name}: " + "; ".join(summary))
     finally:

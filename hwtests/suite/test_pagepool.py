@@ -7,7 +7,10 @@ against the inventory's `headers` for the running release (kernels: LABEL:
 headers) and uploaded —, loaded once as a warm-up and then `repeat` times; every
 result line of every load becomes two samples, `pagepool/<type>` `cycles`
 (tsc_interval / invoke count) and `ns`, with the load's repetition index and
-the host's boot id.
+the host's boot id. Each load's insmod runs under `perf stat -x,` where the host has a
+working perf (cycles, instructions, cache-misses, branch-misses per load and per
+element) into the store's `counters` table; without perf or a PMU each is stored
+unavailable with the reason (they explain, never gate).
 
 Skips, naming why, when the host cannot build or load modules (no module
 support — the netns lab shares the controller's kernel —, modules_disabled,
@@ -26,7 +29,7 @@ import warnings
 
 import pytest
 
-from hwtests import pagepool
+from hwtests import counterstore, pagepool
 from hwtests.errors import HwtestsError
 
 
@@ -137,6 +140,13 @@ def test_pagepool_fast_path(request, rx_host, hw_record_many):
                 warnings.warn(PagePoolLogWarning(f"{he.name}: load {rr.repetition}: {w.reason}: {w.text.strip()[:200]}"))
     if samples:
         hw_record_many(samples)
+    perf_rows = [counterstore.StoredCounter("pagepool", rr.repetition, he.name, "rx", name, v.value, unit, v.reason)
+                 for rr in results for name, v, unit in rr.perf_rows()]
+    try:
+        counterstore.record(request.getfixturevalue("hw_session"), request.getfixturevalue("hw_pair").name,
+                            perf_rows)
+    except pytest.FixtureLookupError:
+        pass
 
     empty = [rr.repetition for rr in results if not rr.records]
     assert not empty, (f"{he.name}: {results[0].module} printed no result in load(s) {empty}; "

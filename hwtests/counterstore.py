@@ -20,7 +20,7 @@ from contextlib import closing
 from dataclasses import dataclass
 
 from .errors import InfraError
-from .store import register_schema, redact_url
+from .store import _scrub, redact_url, register_schema
 
 CREATE = """CREATE TABLE IF NOT EXISTS counters (
     run_id INTEGER NOT NULL,
@@ -76,8 +76,8 @@ def add(store, run_id: int, rows: list[StoredCounter]) -> int:
                 raise
             cur.execute("COMMIT")
     except Exception as exc:  # noqa: BLE001 - driver errors: one line, no secrets
-        raise InfraError(f"results store {redact_url(store.url)}: storing counters: "
-                         f"{' '.join(str(exc).split())}") from None
+        raise InfraError(f"results store {redact_url(store.url)}: storing counters: {_scrub(str(exc), store.url)}") \
+            from None
     return len(rows)
 
 
@@ -90,14 +90,18 @@ def rows(store, labels=None, test_glob: str | None = None) -> list[dict]:
             return []
         where = f" WHERE r.label IN ({', '.join('?' * len(labels))})"
         params = labels
-    with closing(store.connect()) as conn:
-        cur = conn.cursor()
-        cur.execute(CREATE)
-        cur.execute(_sql(store, "SELECT r.label, r.pair, c.run_id, c.test, c.repetition, c.host, c.role, c.name, "
-                                "c.value, c.unit, c.reason FROM counters c JOIN runs r ON r.id = c.run_id"
-                                + where + " ORDER BY c.run_id, c.repetition"), params)
-        out = [dict(zip(("label", "pair", "run_id", "test", "repetition", "host", "role", "name", "value", "unit",
-                         "reason"), row)) for row in cur.fetchall()]
+    try:
+        with closing(store.connect()) as conn:
+            cur = conn.cursor()
+            cur.execute(CREATE)
+            cur.execute(_sql(store, "SELECT r.label, r.pair, c.run_id, c.test, c.repetition, c.host, c.role, "
+                                    "c.name, c.value, c.unit, c.reason FROM counters c JOIN runs r ON r.id = c.run_id"
+                                    + where + " ORDER BY c.run_id, c.repetition"), params)
+            out = [dict(zip(("label", "pair", "run_id", "test", "repetition", "host", "role", "name", "value",
+                             "unit", "reason"), row)) for row in cur.fetchall()]
+    except Exception as exc:  # noqa: BLE001 - driver errors: one line, no secrets
+        raise InfraError(f"results store {redact_url(store.url)}: reading counters: {_scrub(str(exc), store.url)}") \
+            from None
     if test_glob:
         out = [r for r in out if fnmatch.fnmatchcase(r["test"], test_glob)]
     return out

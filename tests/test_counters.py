@@ -448,3 +448,91 @@ def test_perf_rows_per_element():
     assert rows["perf.cycles"][0].value == 40000 and rows["perf.cycles_per_element"][0].value == 20.0
     assert rows["perf.instructions_per_element"][0].value is None
     assert rows["perf.cycles_per_element"][1] == "per element"
+
+
+# -- compare: side by side, marked, never gating ---------------------------------------------------------
+
+def test_mark_rules():
+    from hwtests.countercmp import Side, mark
+
+    assert mark(Side(9, 3), Side(27, 3)) == (3.0, "x3.0")                   # retransmits tripled
+    assert mark(Side(1, 3), Side(3, 3)) == (3.0, "")                        # 1 -> 3: too few events to matter
+    assert mark(Side(0, 3), Side(50, 3)) == (None, "appeared")
+    assert mark(Side(0, 3), Side(5, 3)) == (None, "")
+    assert mark(Side(400, 3), Side(100, 3)) == (0.25, "x0.25")
+    assert mark(Side(20.0, 3), Side(45.0, 3), unit="per element") == (2.25, "x2.2")   # no event floor
+    assert mark(Side(None, 0, "no PMU"), Side(None, 0, "no PMU")) == (None, "")
+    assert mark(Side(5, 3), Side(None, 0, "x")) == (None, "unavailable in candidate")
+
+
+def _linerate_build(url, label, gbps, retrans, perf_reason=""):
+    from hwtests.store import HostInfo, Run, Sample
+
+    with Store.open(url) as s:
+        for run in range(2):
+            rid = s.begin_run(Run(label, "pair1", "ctl", "inv", "measured",
+                                  [HostInfo("rx", "a1", kernel_release=f"6.12-{label}"), HostInfo("tx", "b1")]))
+            s.add_samples(rid, [Sample("linerate/tcp", "gbps", g, "Gbit/s", "higher", rep, host="a1")
+                                for rep, g in enumerate(gbps)])
+            rows = []
+            for rep in range(len(gbps)):
+                rows += [counterstore.StoredCounter("linerate/tcp", rep, "b1", "tx", "net.Tcp.RetransSegs",
+                                                    float(retrans[rep])),
+                         counterstore.StoredCounter("linerate/tcp", rep, "a1", "rx", "irq.total", None, "count",
+                                                    "no interrupt lines for veth (veth0) in /proc/interrupts"),
+                         counterstore.StoredCounter("linerate/tcp", rep, "a1", "rx", "net.TcpExt.TCPOFOQueue",
+                                                    float(100 + rep))]
+            rows.append(counterstore.StoredCounter("pagepool", 0, "a1", "rx", "perf.cycles_per_element", None,
+                                                   "per element", perf_reason or "perf not installed on a1"))
+            assert counterstore.add(s, rid, rows) == len(rows)
+            s.finish_run(rid)
+
+
+def test_compare_json_carries_counters_and_they_never_gate(tmp_path):
+    import json
+
+    url = str(tmp_path / "results.db")
+    gbps = [9.0, 9.1, 8.9, 9.05, 9.02, 8.98]
+    _linerate_build(url, "base", gbps, [9, 8, 10, 9, 9, 11])
+    _linerate_build(url, "cand", gbps, [27, 30, 25, 28, 29, 26])          # retransmits tripled, same Gbit/s
+    r = run_cli("compare", "--baseline", "base", "--candidate", "cand", "--db", url, "--json")
+    out = json.loads(r.stdout)
+    assert r.returncode == 0, r.stderr                      # the gate decides on Gbit/s only: nothing regressed
+    assert [c["metric"] for c in out["comparisons"]] == ["gbps"]
+    by = {(c["role"], c["name"]): c for c in out["counters"]}
+    rt = by[("tx", "net.Tcp.RetransSegs")]
+    assert rt["baseline"]["median"] == 9.0 and rt["candidate"]["median"] == 27.5 and rt["mark"] == "x3.1"
+    assert rt["baseline"]["n"] == 12 and rt["test"] == "linerate/tcp" and rt["pair"] == "pair1"
+    irq = by[("rx", "irq.total")]
+    assert irq["baseline"]["median"] is None and irq["candidate"]["reason"].startswith("no interrupt lines for veth")
+    assert by[("rx", "net.TcpExt.TCPOFOQueue")]["mark"] == ""
+    # the text form lists them under the table, marked
+    r = run_cli("compare", "--baseline", "base", "--candidate", "cand", "--db", url)
+    assert r.returncode == 0
+    tail = r.stdout.split("counters (median per build", 1)[1]
+    line = next(ln for ln in tail.splitlines() if "net.Tcp.RetransSegs" in ln)
+    assert line.split()[-3:] == ["9", "27.5", "x3.1"]
+    # --test narrows counters too; pagepool counters follow pagepool/* globs
+    r = run_cli("compare", "--baseline", "base", "--candidate", "cand", "--db", url, "--json", "--test", "linerate/*")
+    assert {c["test"] for c in json.loads(r.stdout)["counters"]} == {"linerate/tcp"}
+
+
+def test_report_shows_counters_under_the_verdict(tmp_path):
+    import html
+    import re
+
+    url = str(tmp_path / "results.db")
+    gbps = [9.0, 9.1, 8.9, 9.05, 9.02, 8.98]
+    _linerate_build(url, "base", gbps, [9, 8, 10, 9, 9, 11])
+    _linerate_build(url, "cand", gbps, [27, 30, 25, 28, 29, 26])
+    out = tmp_path / "r.html"
+    r = run_cli("report", "--db", url, "--builds", "base,cand", "--out", str(out), timeout=600)
+    assert r.returncode == 0, r.stderr
+    page = out.read_text()
+    sec = page.split('id="linerate-tcp"', 1)[1].split("</section>", 1)[0] if 'id="linerate-tcp"' in page \
+        else page.split("<code>linerate/tcp</code>", 1)[1].split("</section>", 1)[0]
+    assert "Kernel counters" in sec and "1 changed a lot" in sec
+    row = re.search(r"<tr class=\"diff\">.*?net\.Tcp\.RetransSegs.*?</tr>", sec, re.S).group(0)
+    cells = [html.unescape(re.sub(r"<[^>]+>", "", c)).strip() for c in re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)]
+    assert cells[-3:] == ["9", "27.5", "x3.1"]
+    assert "no interrupt lines for veth" in sec

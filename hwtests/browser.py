@@ -63,6 +63,7 @@ class PageCheck:
     width: int = 0                                             # layout size of the page (CSS px)
     height: int = 0
     scroll_width: int = 0                                      # document width; > width means horizontal scroll
+    values: dict = field(default_factory=dict)                 # name -> result of the caller's expressions
     screenshot: bytes | None = None
     stderr: str = ""
 
@@ -179,8 +180,12 @@ def _launch(exe: str, profile: str, width: int, height: int) -> tuple[subprocess
 
 
 def check_page(target: str | Path, screenshot: Path | None = None, width: int = 1200, height: int = 900,
-               full_page: bool = True, timeout: float = 60, exe: str | None = None) -> PageCheck:
-    """Load `target` (a file path or URL) in headless Chromium; report requests, errors, screenshot."""
+               full_page: bool = True, timeout: float = 60, exe: str | None = None,
+               expressions: dict[str, str] | None = None) -> PageCheck:
+    """Load `target` (a file path or URL) in headless Chromium; report requests, errors, screenshot.
+
+    `expressions` (name -> JavaScript expression with a JSON value) are evaluated in the loaded
+    page, into `values`: layout checks measure what the browser laid out, not what the HTML says."""
     exe = exe or find_chromium()
     if not exe:
         raise BrowserError("no Chromium found (Debian: apt-get install chromium)")
@@ -212,6 +217,13 @@ def check_page(target: str | Path, screenshot: Path | None = None, width: int = 
                       session=sid)
         title, sw = json.loads(ev["result"]["value"])
         res.title, res.scroll_width = title, int(sw)
+        for name, expr in (expressions or {}).items():
+            ev = cdp.send("Runtime.evaluate", {"expression": f"JSON.stringify({expr})", "returnByValue": True},
+                          session=sid)
+            if "exceptionDetails" in ev:
+                res.exceptions.append(f"{name}: {ev['exceptionDetails'].get('text', 'exception')}")
+                continue
+            res.values[name] = json.loads(ev["result"]["value"]) if "value" in ev["result"] else None
         lm = cdp.send("Page.getLayoutMetrics", session=sid)
         size = lm.get("cssContentSize") or lm.get("contentSize")
         res.width, res.height = int(size["width"]), int(size["height"])

@@ -108,8 +108,12 @@ def check_labels(store, *labels: str) -> None:
 
 def compare_labels(store, baseline: str, candidate: str, *, test_glob: str | None = None,
                    metric: str | None = None, pair: str | None = None, thresholds: dict | None = None,
-                   cli_thresholds: Iterable[str] = ()) -> list[Comparison]:
-    """The gate per test, metric and pair between two build labels (raises InputError on unknown labels)."""
+                   cli_thresholds: Iterable[str] = (), plan: gate.Plan | None = None,
+                   look: int = 1) -> list[Comparison]:
+    """The gate per test, metric and pair between two build labels (raises InputError on unknown labels).
+
+    `plan` and `look`: this comparison is look `look` of a sequential plan (`hwtests ab`).
+    """
     check_labels(store, baseline, candidate)
     th = gate.build_thresholds(thresholds, cli_thresholds)
     df = store.samples(labels=[baseline, candidate], test_glob=test_glob, metric=metric, pair=pair)
@@ -144,7 +148,7 @@ def compare_labels(store, baseline: str, candidate: str, *, test_glob: str | Non
             vb = gb["value"].to_numpy(dtype=float) if gb is not None else []
             vc = gc["value"].to_numpy(dtype=float) if gc is not None else []
             cmp = gate.compare_samples(vb, vc, better, gate.threshold_for(m, th), test=test, metric=m, unit=unit,
-                                       env_diff=diff, pair=pc or pb or None)
+                                       env_diff=diff, pair=pc or pb or None, plan=plan, look=look)
             if gb is not None and gc is not None and (gb["better"].nunique() > 1 or gc["better"].nunique() > 1
                                                      or str(gc["better"].iloc[0]) != better):
                 cmp.note = (cmp.note + "; " if cmp.note else "") + "samples disagree on the direction (better)"
@@ -207,9 +211,10 @@ def format_table(comparisons: list[Comparison], baseline: str, candidate: str,
     notes = []
     for c in comparisons:
         where = f"{c.test} {c.metric}" + (f" on {c.pair}" if show_pair and c.pair else "")
-        if c.verdict == "inconclusive" and c.more_runs:
-            notes.append(f"{where}: inconclusive: take about {c.more_runs} more run(s) per side")
-        if c.note:
+        said = gate.advice(c)
+        if said:
+            notes.append(f"{where}: {said}")
+        if c.note and c.note not in said:
             notes.append(f"{where}: {c.note}")
     if notes:
         lines.append("notes:")
@@ -234,6 +239,10 @@ def format_table(comparisons: list[Comparison], baseline: str, candidate: str,
                  "(candidate - baseline); change = of the medians")
     for m in sorted(used):
         lines.append(f"  {m}: {used[m].describe()}")
+    looks = sorted({(c.look, c.metric, c.fail_level) for c in comparisons if c.look and c.fail_level is not None})
+    for look, m, level in looks:
+        lines.append(f"  sequential look {look}: {m} regresses at p<{level:.2g} (its share of fail_p; "
+                     "Pocock-type alpha spending over the planned looks)")
     lines.append("")
     code = exit_code(comparisons)
     lines.append(f"{summary(comparisons)} -> exit {code}")
@@ -262,8 +271,8 @@ def junit_properties(comparisons: Iterable[Comparison]) -> list[tuple[str, str]]
         else:
             mag = "-" if not math.isfinite(c.change_pct) else f"{c.change_pct:+.2f}%"
         val = f"{c.verdict} {mag} p={_p(c.p_value)}"
-        if c.verdict == "inconclusive" and c.more_runs:
-            val += f" more_runs={c.more_runs}"
+        if c.verdict == "inconclusive":
+            val += f" more_runs={c.more_runs}" if c.more_runs else " more_runs=none (the cap cannot decide it)"
         out.append((key, val))
     return out
 

@@ -7,7 +7,13 @@ A candidate build REGRESSES on a metric when both hold:
      the medians for relative ones.
 It IMPROVES when the same holds in the other direction (the symmetric one-sided test).
 It PASSES when the worse-direction change is below the pass threshold or p > pass_p.
-Anything else is INCONCLUSIVE, with an estimate of how many more runs per side would decide.
+Anything else is INCONCLUSIVE, with one bounded piece of advice: how many more runs per side
+would decide, or that the cap cannot decide it.
+
+Sequential looks (`Plan`): when an inconclusive comparison is extended with more runs and
+tested again, look k of K tests at its own share of fail_p, spent by a Pocock-type function
+(`look_level`); the shares add up to fail_p, so the chance of any false regression over all
+looks stays below fail_p whatever the looks' dependence (see docs/architecture.md, "The gate").
 
 Defaults (from A/A-calibrated simulations, see docs): cycles fail at p < 0.01 and shift >= 0.5
 cycle, pass below 0.25 cycle or p > 0.2; gbps fail at a 1% median drop, pass below 0.5%; ns
@@ -88,11 +94,14 @@ class Comparison:
     shift: float              # Hodges-Lehmann estimate of candidate - baseline, in the metric's unit
     p_value: float            # one-sided p of the deciding direction (worse, or better for improvements)
     verdict: str
-    more_runs: int | None     # inconclusive: estimated additional runs per side
+    more_runs: int | None     # inconclusive: additional runs (in runs_unit) to take; None: the cap cannot decide
     env_diff: list[str] = field(default_factory=list)
     pair: str | None = None
     note: str = ""
     threshold: Threshold | None = None
+    look: str = ""            # "k/K" in a sequential plan, "" for a single comparison
+    fail_level: float | None = None   # the p a regression needed at this look (fail_p, or its share in a plan)
+    runs_unit: str = "run(s) per side"
 
     def to_dict(self) -> dict:
         d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "threshold"}
@@ -280,13 +289,107 @@ def runs_needed(base: Sequence[float], cand: Sequence[float], delta: float, alph
     return max(floor, int(math.ceil(n)))
 
 
+# -- sequential plan ------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Plan:
+    """Looks at `first`, `first + step`, ... up to `cap` runs (in `unit`), fixed before any data.
+
+    Fixing the looks in advance fixes each look's share of fail_p in advance (`look_level`),
+    which is what lets a comparison stop at its first decisive look without inflating false alarms.
+    """
+    first: int
+    step: int
+    cap: int
+    unit: str = "run(s) per side"
+
+    def __post_init__(self) -> None:
+        if self.first < 1 or self.step < 1 or self.cap < self.first:
+            raise InputError(f"sequential plan: first {self.first}, step {self.step}, cap {self.cap}: "
+                             "need first >= 1, step >= 1 and cap >= first")
+
+    def sizes(self) -> list[int]:
+        out = [self.first]
+        while out[-1] < self.cap:
+            out.append(min(self.cap, out[-1] + self.step))
+        return out
+
+    @property
+    def looks(self) -> int:
+        return len(self.sizes())
+
+
+def spent(alpha: float, t: float) -> float:
+    """Pocock-type alpha spending (Lan-DeMets): alpha * ln(1 + (e - 1) t) at information fraction t.
+
+    It spends more early than O'Brien-Fleming's, so the first look, where most comparisons
+    stop, keeps most of its power; spent(alpha, 1) == alpha.
+    """
+    t = min(1.0, max(0.0, t))
+    return alpha * math.log(1 + (math.e - 1) * t)
+
+
+def look_level(alpha: float, plan: Plan, look: int) -> float:
+    """One-sided level of look `look` (1-based): the alpha spent since the previous look.
+
+    The levels add up to alpha, so by the union bound the chance of a false regression at any
+    look is at most alpha, however the looks' statistics depend on each other.
+    """
+    sizes = plan.sizes()
+    if not 1 <= look <= len(sizes):
+        raise InputError(f"sequential plan: look {look} of {len(sizes)} does not exist")
+    prev = sizes[look - 2] / plan.cap if look > 1 else 0.0
+    return spent(alpha, sizes[look - 1] / plan.cap) - spent(alpha, prev)
+
+
+NOISE_HINT = "reduce the testbed's noise (governor, boost, SMT, pinning) rather than adding runs"
+
+
+def _more_runs(b: np.ndarray, c: np.ndarray, t: Threshold, level: float, plan: Plan | None,
+               look: int) -> tuple[int | None, str]:
+    """The one piece of advice of an inconclusive comparison: (runs to add, "") or (None, why more won't do).
+
+    Without a plan the cap is MAX_RUNS per side and the runs come from the normal-approximation
+    estimate; in a plan they are the plan's next step, up to its last look. (No futility stop
+    inside a plan: from the first look's 10 runs, outliers inflate the noise estimate enough to
+    stop comparisons that the next look would decide; the calibration showed it costing 3% of
+    the detections of a 2% throughput drop.)
+    """
+    n = min(len(b), len(c))
+    if plan is None:
+        need = runs_needed(b, c, t.fail_delta(float(np.median(b))), level) if n >= MIN_RUNS else min_runs_for(level)
+        if n >= MAX_RUNS or need > MAX_RUNS:
+            return None, f"{MAX_RUNS} runs per side cannot decide it; {NOISE_HINT}"
+        return min(MAX_RUNS - n, max(1, need - n)), ""
+    sizes = plan.sizes()
+    if look >= len(sizes):
+        return None, f"still undecided at the cap of {plan.cap} {plan.unit}; {NOISE_HINT}, or raise the cap"
+    return sizes[look] - sizes[look - 1], ""
+
+
+def decided(c: Comparison) -> bool:
+    """True when more runs are not to be taken: a verdict, or an inconclusive the cap cannot decide."""
+    return c.verdict != "inconclusive" or not c.more_runs
+
+
+def advice(c: Comparison) -> str:
+    """The one line an inconclusive comparison gives: how many more runs, or why more runs won't decide."""
+    if c.verdict != "inconclusive":
+        return ""
+    if c.more_runs:
+        return f"inconclusive: take {c.more_runs} more {c.runs_unit}"
+    return f"inconclusive: {c.note}" if c.note else "inconclusive"
+
+
 def compare_samples(base: Sequence[float], cand: Sequence[float], better: str,
                     threshold: Threshold | None = None, *, test: str = "", metric: str = "", unit: str = "",
-                    env_diff: list[str] | None = None, pair: str | None = None) -> Comparison:
-    """The gate's verdict on raw samples of one test and metric."""
+                    env_diff: list[str] | None = None, pair: str | None = None,
+                    plan: Plan | None = None, look: int = 1) -> Comparison:
+    """The gate's verdict on raw samples of one test and metric (at look `look` of `plan`, if given)."""
     if better not in ("lower", "higher"):
         raise InputError(f"{test}:{metric}: better must be 'lower' or 'higher', not {better!r}")
     t = threshold or threshold_for(metric)
+    level = look_level(t.fail_p, plan, look) if plan else t.fail_p
     b = np.asarray([x for x in base if x is not None and math.isfinite(x)], dtype=float)
     c = np.asarray([x for x in cand if x is not None and math.isfinite(x)], dtype=float)
     nb, nc = len(b), len(c)
@@ -296,14 +399,16 @@ def compare_samples(base: Sequence[float], cand: Sequence[float], better: str,
     shift = hodges_lehmann(b, c)
     common = dict(test=test, metric=metric, unit=unit, better=better, n_base=nb, n_cand=nc,
                   median_base=med_b, median_cand=med_c, iqr_base=iqr(b), iqr_cand=iqr(c), change_pct=change,
-                  shift=shift, env_diff=list(env_diff or []), pair=pair, threshold=t)
-    floor = min_runs_for(t.fail_p)
+                  shift=shift, env_diff=list(env_diff or []), pair=pair, threshold=t,
+                  look=f"{look}/{plan.looks}" if plan else "", fail_level=level,
+                  runs_unit=plan.unit if plan else "run(s) per side")
+    floor = min_runs_for(level)
     if nb < MIN_RUNS or nc < MIN_RUNS:
         missing = "baseline" if nb < MIN_RUNS else "candidate"
-        return Comparison(**common, p_value=float("nan"), verdict="inconclusive",
-                          more_runs=max(1, floor - min(nb, nc)),
-                          note=f"{missing} has {nb if missing == 'baseline' else nc} sample(s); "
-                               f"the gate needs at least {floor} per side")
+        more, why = _more_runs(b, c, t, level, plan, look)
+        return Comparison(**common, p_value=float("nan"), verdict="inconclusive", more_runs=more,
+                          note=why or f"{missing} has {nb if missing == 'baseline' else nc} sample(s); "
+                                      f"the gate needs at least {floor} per side")
 
     worse_alt = "greater" if better == "lower" else "less"
     better_alt = "less" if better == "lower" else "greater"
@@ -319,9 +424,9 @@ def compare_samples(base: Sequence[float], cand: Sequence[float], better: str,
     mag, fail = magnitude(t.fail_abs, t.fail_rel)
     pmag, passthr = magnitude(t.pass_abs, t.pass_rel)
     note = ""
-    if p_worse < t.fail_p and mag >= fail:
+    if p_worse < level and mag >= fail:
         verdict, p = "regression", p_worse
-    elif p_better < t.fail_p and -mag >= fail:
+    elif p_better < level and -mag >= fail:
         verdict, p = "improvement", p_better
     elif pmag < passthr or p_worse > t.pass_p:
         verdict, p = "pass", p_worse
@@ -329,14 +434,9 @@ def compare_samples(base: Sequence[float], cand: Sequence[float], better: str,
         verdict, p = "inconclusive", p_worse
     more = None
     if verdict == "inconclusive":
-        need = runs_needed(b, c, t.fail_delta(med_b), t.fail_p)
-        n = min(nb, nc)
-        more = max(1, min(need, MAX_RUNS) - n)
-        if need > MAX_RUNS:
-            note = (f"noisy: about {need} runs per side would be needed; reduce the testbed's noise "
-                    "(governor, boost, SMT, pinning) rather than adding runs")
+        more, note = _more_runs(b, c, t, level, plan, look)
     elif min(nb, nc) < floor and verdict == "pass" and p_worse <= t.pass_p:
-        note = f"fewer than {floor} runs per side: MWU cannot reach p<{t.fail_p:g}"
+        note = f"fewer than {floor} runs per side: MWU cannot reach p<{level:.2g}"
     return Comparison(**common, p_value=p, verdict=verdict, more_runs=more, note=note)
 
 

@@ -33,7 +33,8 @@ from .errors import InputError
 MIN_SEGMENT = 3
 PENALTY_PER_LOG_N = 3.0
 # Minimum relative step per metric (research: nightly history floors).
-MAGNITUDE_FLOOR = {"cycles": 0.05, "ns": 0.05, "gbps": 0.01, "cpu_per_gb": 0.02, "link_pct": 0.01}
+MAGNITUDE_FLOOR = {"cycles": 0.05, "ns": 0.05, "gbps": 0.01, "cpu_per_gb": 0.02, "link_pct": 0.01,
+                   "ceiling_pct": 0.01}
 DEFAULT_FLOOR = 0.02
 
 

@@ -4,7 +4,8 @@
                        [--db URL] [--dry-run] [--json]
 
 Every file is read with `hwtests.timebench.parse` (dmesg, dmesg -T, /dev/kmsg,
-journalctl -k, mail-quoted and wrapped, the selftest script's output). Each
+journalctl -k, mail-quoted, indented and wrapped, the selftest script's
+output; a result cut after its printed ns is kept short with a warning). Each
 file becomes one run (source "import") under the label: tests
 `pagepool/<type>`, metrics `cycles` (tsc_interval/invoke count when the line
 has them, else the printed cycles) and `ns` (time_interval/invoke count, else

@@ -27,7 +27,11 @@ def add_command(sub) -> None:
     p.add_argument("--kind", choices=sorted(KINDS), default="netns", help="lab kind (default: netns)")
     p.add_argument("--state-dir", type=Path, help="where the lab keeps its state (default: .hwtests/lab/KIND)")
     p.add_argument("--pairs", type=int, default=1, help="netns lab: number of host pairs (default 1)")
-    p.add_argument("--kernels", help="vm lab: comma-separated Debian kernel releases (default: newest 6.1 and 6.12 cloud)")
+    p.add_argument("--kernels", help="vm lab: comma-separated Debian kernel releases (default: the newest "
+                   "6.12 and 6.1 cloud kernels of Debian 12 and the newest 7.x of trixie-backports, "
+                   "labelled deb6.12, deb6.1, deb7)")
+    p.add_argument("--kernel-build", metavar="LABEL",
+                   help="vm lab: the build the VMs boot first (default: the first, deb6.12)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=run)
 
@@ -40,10 +44,15 @@ def run(args: argparse.Namespace) -> int:
         kwargs = {}
         if args.kind == "netns":
             kwargs["pairs"] = args.pairs
-        elif args.kernels:
-            kwargs["kernels"] = [k.strip() for k in args.kernels.split(",") if k.strip()]
-            if not kwargs["kernels"]:
-                raise InputError("--kernels: empty list")
+            if args.kernels or args.kernel_build:
+                raise InputError("--kernels and --kernel-build are options of the vm lab (--kind vm)")
+        else:
+            if args.kernels is not None:
+                kwargs["kernels"] = [k.strip() for k in args.kernels.split(",") if k.strip()]
+                if not kwargs["kernels"]:
+                    raise InputError("--kernels: empty list")
+            if args.kernel_build is not None:
+                kwargs["boot"] = args.kernel_build
         inv = mod.up(state_dir, progress=progress, **kwargs)
         if args.json:
             print(json.dumps({"inventory": str(inv), "kind": args.kind}))

@@ -41,7 +41,7 @@ from typing import Any, Callable
 
 import yaml
 
-from . import vmimage
+from . import debkernel, vmimage
 from .errors import InfraError, InputError
 
 QEMU = "qemu-system-x86_64"
@@ -55,8 +55,7 @@ MEMORY_MB = 1024
 SMP = 1
 BOOT_TIMEOUT = 90.0          # launch -> SSH answers (TCG boots take 3-10 s)
 STOP_TIMEOUT = 10.0
-FLAVOUR = "cloud-amd64"
-DEFAULT_SERIES = ("6.12", "6.1")   # newest of each; the first is the one the VMs boot
+DEFAULT_BUILDS = ("deb6.12", "deb6.1", "deb7")   # newest of each (debkernel.BUILDS); the VMs boot the first
 READY_RE = re.compile(r"hwt-init: READY boot_id=([0-9a-f-]{36})")
 
 logging.getLogger("paramiko").addHandler(logging.NullHandler())   # boot-time retries are expected
@@ -149,42 +148,27 @@ def _run(cmd: list[str], timeout: float = 300, cwd: Path | None = None) -> str:
     return p.stdout
 
 
-def _version_key(release: str) -> tuple:
-    return tuple(int(x) for x in re.findall(r"\d+", release))
-
-
 def series_of(release: str) -> str:
     m = re.match(r"^(\d+\.\d+)", release)
     return m.group(1) if m else release
 
 
-def available_releases(flavour: str = FLAVOUR) -> list[str]:
-    """Kernel releases of `flavour` the package index offers, oldest first."""
-    try:
-        from . import debkernel                      # the shared helper, when present
-        return sorted(debkernel.available_releases(flavour=flavour), key=_version_key)
-    except (ImportError, AttributeError):
-        pass
-    out = _run(["apt-cache", "pkgnames", "linux-image-"], timeout=60)
-    rx = re.compile(rf"^linux-image-(\S+-{re.escape(flavour)})-unsigned$")
-    return sorted({m.group(1) for m in map(rx.match, out.split()) if m}, key=_version_key)
+def default_builds(progress: Callable[[str], None] = lambda s: None) -> dict[str, str]:
+    """label -> release of the lab's default builds (`DEFAULT_BUILDS`), each the newest its archive offers."""
+    return {label: debkernel.resolve(label, progress=progress) for label in DEFAULT_BUILDS}
 
 
 def default_releases() -> list[str]:
-    rel = available_releases()
-    out = []
-    for s in DEFAULT_SERIES:
-        cands = [r for r in rel if series_of(r) == s]
-        if not cands:
-            raise InfraError(f"vm lab: no {s} {FLAVOUR} kernel in the package index (apt-get update?)")
-        out.append(cands[-1])
-    return out
+    return list(default_builds().values())
 
 
 def labels_for(releases: list[str]) -> dict[str, str]:
-    """label -> release: 'deb6.12' when the series is unique, else the release itself."""
-    series = [series_of(r) for r in releases]
-    return {(f"deb{s}" if series.count(s) == 1 else r): r for r, s in zip(releases, series)}
+    """label -> release: 'deb6.12' (7.x and later: 'deb7') when that is unique, else the release itself."""
+    def short(r: str) -> str:
+        s = series_of(r)
+        return s.split(".")[0] if debkernel.version_key(r)[:1] >= (7,) else s
+    keys = [short(r) for r in releases]
+    return {(f"deb{k}" if keys.count(k) == 1 else r): r for r, k in zip(releases, keys)}
 
 
 @dataclass
@@ -197,92 +181,12 @@ class KernelFiles:
 
 
 def fetch_kernel(release: str, cache: Path, progress: Callable[[str], None]) -> KernelFiles:
-    """Image (and headers) of a Debian kernel release, downloaded once and cached."""
-    kdir = cache / "kernels"
-    kdir.mkdir(parents=True, exist_ok=True)
-    try:
-        from . import debkernel
-    except ImportError:
-        debkernel = None
-    if debkernel is not None and hasattr(debkernel, "fetch"):
-        dk = debkernel.fetch(release, kdir, what=("image", "headers"))
-        mods = getattr(dk, "modules_dir", None)
-        cands = [Path(mods)] if mods else []
-        vz = Path(dk.vmlinuz)
-        cands += [vz.parent.parent / "lib" / "modules" / release, vz.parent / "lib" / "modules" / release,
-                  vz.parent]
-        mdir = next((c for c in cands if (c / "kernel").is_dir()), None)
-        if mdir is None:
-            mdir = _fetch_own(release, kdir, progress, headers=False).modules_dir
-        return KernelFiles(release, vz, Path(dk.config) if dk.config else None,
-                           Path(dk.headers_dir) if dk.headers_dir else None, mdir)
-    return _fetch_own(release, kdir, progress, headers=True)
-
-
-def _fetch_own(release: str, kdir: Path, progress, headers: bool) -> KernelFiles:
-    root = kdir / f"vmlab-{release}"
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".lock", "w") as lock:      # parallel `up`s (pytest -n) share the cache
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        return _fetch_own_locked(release, root, progress, headers)
-
-
-def _fetch_own_locked(release: str, root: Path, progress, headers: bool) -> KernelFiles:
-    img = root / "image"
-    if not (img / ".complete").exists():
-        progress(f"vm lab: downloading kernel {release}")
-        _extract([f"linux-image-{release}-unsigned"], root / "debs", img)
-    hdir = None
-    if headers:
-        hroot = root / "headers"
-        if not (hroot / ".complete").exists():
-            progress(f"vm lab: downloading headers {release}")
-            deps = _run(["apt-cache", "depends", f"linux-headers-{release}"], timeout=60)
-            pkgs = [f"linux-headers-{release}"] + sorted({
-                m.group(1) for m in re.finditer(r"Depends: (linux-(?:headers|kbuild)-\S+)", deps)})
-            _extract(pkgs, root / "debs", hroot)
-            _fix_headers(hroot, release)
-        cand = hroot / "usr" / "src" / f"linux-headers-{release}"
-        hdir = cand if cand.is_dir() else None
-    vz = next(iter(sorted((img / "boot").glob("vmlinuz-*"))), None)
-    if vz is None:
-        raise InfraError(f"vm lab: no vmlinuz in the {release} image package")
-    cfg = img / "boot" / f"config-{release}"
-    return KernelFiles(release, vz, cfg if cfg.exists() else None, hdir, img / "lib" / "modules" / release)
-
-
-def _extract(pkgs: list[str], debs: Path, dest: Path) -> None:
-    debs.mkdir(parents=True, exist_ok=True)
-    missing = [p for p in pkgs if not list(debs.glob(f"{_deb_glob(p)}_*.deb"))]
-    if missing:
-        _run(["apt-get", "download", "-q", *missing], timeout=600, cwd=debs)
-    if dest.exists():
-        shutil.rmtree(dest)
-    dest.mkdir(parents=True)
-    for p in pkgs:
-        for deb in debs.glob(f"{_deb_glob(p)}_*.deb"):
-            _run(["dpkg-deb", "-x", str(deb), str(dest)], timeout=300)
-    (dest / ".complete").write_text("")
-
-
-def _deb_glob(pkg: str) -> str:
-    return pkg.replace("+", "[+]")
-
-
-def _fix_headers(hroot: Path, release: str) -> None:
-    """Point the headers' absolute /usr/src and /usr/lib links into the extracted tree."""
-    for p in hroot.rglob("*"):
-        if p.is_symlink():
-            t = os.readlink(p)
-            if t.startswith("/usr/"):
-                p.unlink()
-                p.symlink_to(os.path.relpath(hroot / t.lstrip("/"), p.parent))
-    mk = hroot / "usr" / "src" / f"linux-headers-{release}" / "Makefile"
-    if mk.is_file():
-        txt = mk.read_text()
-        txt2 = re.sub(r"(include\s+)/usr/src/", lambda m: f"{m.group(1)}{hroot}/usr/src/", txt)
-        if txt2 != txt:
-            mk.write_text(txt2)
+    """Image, modules and headers of a Debian kernel release, downloaded once and cached (hwtests.debkernel)."""
+    dk = debkernel.fetch(release, cache / "kernels", what=("image", "headers"),
+                         progress=lambda s: progress(f"vm lab: {release}: {s}"))
+    if dk.modules_dir is None:
+        raise InfraError(f"vm lab: the {release} image packages hold no lib/modules/{release}/kernel")
+    return KernelFiles(release, dk.vmlinuz, dk.config, dk.headers_dir, dk.modules_dir)
 
 
 # --------------------------------------------------------------------------- processes
@@ -519,11 +423,24 @@ def _wait_ready(state_dir: Path, st: LabState, names: list[str], timeout: float 
 # --------------------------------------------------------------------------- public API
 
 
-def up(state_dir: Path, kernels: list[str] | None = None,
+def up(state_dir: Path, kernels: list[str] | None = None, boot: str | None = None,
        progress: Callable[[str], None] = print) -> Path:
-    """Boot the two VMs on the first kernel of `kernels` and write the inventory; return its path."""
+    """Boot the two VMs and write the inventory; return its path.
+
+    `kernels`: Debian kernel releases (default: the newest of each build in
+    `DEFAULT_BUILDS`); `boot`: the label of the build the VMs boot (default:
+    the first). A label the lab would not have is refused before anything is
+    downloaded or started."""
     preflight()
     state_dir = Path(state_dir).resolve()
+    if kernels:
+        _check_releases(kernels)
+        if boot is not None and boot not in labels_for(list(kernels)):
+            raise InputError(f"vm lab: --kernel-build {boot}: no such build in this lab "
+                             f"(builds: {', '.join(labels_for(list(kernels)))})")
+    elif boot is not None and boot not in DEFAULT_BUILDS:
+        raise InputError(f"vm lab: --kernel-build {boot}: no such build in this lab "
+                         f"(builds: {', '.join(DEFAULT_BUILDS)})")
     if load_state(state_dir) is not None:
         down(state_dir)
     elif state_dir.exists() and any(state_dir.iterdir()):
@@ -533,21 +450,23 @@ def up(state_dir: Path, kernels: list[str] | None = None,
     st = LabState(token=secrets.token_hex(4), created=time.time())
     _save(state_dir, st)
     try:
-        _build(state_dir, st, kernels, progress)
+        _build(state_dir, st, kernels, boot, progress)
     except BaseException:
         down(state_dir)
         raise
     return Path(st.inventory)
 
 
-def _build(state_dir: Path, st: LabState, kernels: list[str] | None, progress) -> None:
-    releases = list(kernels) if kernels else default_releases()
+def _check_releases(releases: list[str]) -> None:
     if len(set(releases)) != len(releases):
         raise InputError(f"vm lab: kernel listed twice: {', '.join(releases)}")
     for r in releases:
         if not re.match(r"^[0-9][A-Za-z0-9.+~_-]*$", r):
             raise InputError(f"vm lab: not a kernel release: {r!r}")
-    labels = labels_for(releases)
+
+
+def _build(state_dir: Path, st: LabState, kernels: list[str] | None, boot: str | None, progress) -> None:
+    labels = labels_for(list(kernels)) if kernels else default_builds(progress)
     cache = vmimage.cache_root()
 
     # sockets: a UNIX socket path must stay under 108 bytes
@@ -574,7 +493,8 @@ def _build(state_dir: Path, st: LabState, kernels: list[str] | None, progress) -
     client_key = state_dir / "client_key"
     _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "hwtests-vmlab-client", "-f", str(client_key)])
     authorized = Path(f"{client_key}.pub").read_bytes()
-    boot_label = next(iter(labels))
+    boot_label = boot or next(iter(labels))
+    files = {boot_label: files[boot_label], **files}       # the inventory lists the boot build first
     hosts: dict[str, Any] = {}
     for name in VMS:
         d = state_dir / name

@@ -5,7 +5,13 @@ the command that undoes it is written on the host *before* the change is made,
 so teardown, and the next run after a crash, put the NIC back. The undo always
 sets the values read from the NIC just before the change (never "defaults"),
 except the RSS indirection table, which goes back to `default` only when the
-captured table was the default one.
+captured table was the default one, and header split, which goes back to `auto`
+(the kernel reports only the effective state) and to the captured state only
+when auto gives another (see `set_header_split`).
+
+Where the host's ethtool is older than the kernel (it hides hds-thresh or TCP
+data split, or cannot set them), header split is read and set over netlink by
+hwt_nl, deployed with the traffic programs.
 
 Every value that reaches a shell is an element of a list command (quoted by the
 transport); the few `sh -c` scripts here are constants taking positional
@@ -18,6 +24,7 @@ message (veth: `ethtool -g` -> "netlink error: Operation not supported").
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import math
 import posixpath
@@ -26,6 +33,7 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import nlclient, nlparse, traffic
 from .errors import EXIT_INFRA, HwtestsError
 from .journal import JOURNAL_DIR
 from .transport import CommandFailed, CmdResult
@@ -250,35 +258,95 @@ def read_rings(he) -> Rings:
     return parse_rings(r.stdout)
 
 
-def set_header_split(he, on: bool = True) -> bool:
-    """tcp-data-split on (and hds-thresh 0 where reported) or off; False when already so.
+def nl_tool(he) -> str:
+    """hwt_nl on the host, built and cached with the traffic programs."""
+    return traffic.build(he.t).nl
 
-    The undo sets the `ethtool -g` values read just before.
+
+def ethtool_name(he) -> str:
+    """'ethtool 6.1' as the host's `ethtool --version` says, for messages."""
+    r = he.t.run(["ethtool", "--version"], check=False, timeout=ETHTOOL_TIMEOUT)
+    v = nlparse.ethtool_version(r.stdout)
+    return f"ethtool {v[0]}.{v[1]}" if v else "the host's ethtool"
+
+
+def read_header_split(he) -> tuple[Rings, str | None]:
+    """tcp-data-split and hds-thresh as the kernel reports them, and hwt_nl's path when it was asked.
+
+    `ethtool -g` first; where it shows no "TCP data split" (or "n/a") or no "HDS thresh"
+    line, the kernel is asked over netlink: an ethtool older than the kernel (Debian 12's
+    6.1, Ubuntu 24.04's 6.7) hides a threshold the kernel has, and a bind then fails.
     """
     setting = "header split (tcp-data-split)"
     rings = read_rings(he)
-    if rings.tcp_data_split is None:
+    if rings.tcp_data_split not in (None, "n/a") and rings.hds_thresh is not None:
+        return rings, None
+    missing = " and ".join(n for n, v in (("TCP data split", rings.tcp_data_split not in (None, "n/a")),
+                                          ("HDS thresh", rings.hds_thresh is not None)) if not v)
+    try:
+        nl = nl_tool(he)
+        got = nlclient.rings(he.t, nl, he.nic.ifname)
+    except HwtestsError as exc:
         raise Unsupported(he.name, he.nic.ifname, setting,
-                          "ethtool -g does not show TCP data split (ethtool or kernel too old)")
-    if rings.tcp_data_split == "n/a":
-        raise Unsupported(he.name, he.nic.ifname, setting, "the driver does not report TCP data split (n/a)")
-    want = "on" if on else "off"
-    args: list[str] = []
-    undo: list[str] = []
-    if rings.tcp_data_split != want:
-        args += ["tcp-data-split", want]
-        undo += ["tcp-data-split", rings.tcp_data_split]
-    if on and rings.hds_thresh is not None and rings.hds_thresh != 0:
-        args += ["hds-thresh", "0"]
-        undo += ["hds-thresh", str(rings.hds_thresh)]
-    if not args:
+                          f"{ethtool_name(he)} -g shows no {missing}, and the kernel could not be asked over "
+                          f"netlink: {exc}") from None
+    return Rings(got.tcp_data_split, got.hds_thresh, got.hds_thresh_max, rings.current), nl
+
+
+# Undo of a header split change made with ethtool: auto (the driver's default) with the
+# old threshold, then the captured state explicitly when auto gives another one.
+_SPLIT_RESTORE = ('i=$1; want=$2; shift 2; ethtool -G "$i" tcp-data-split auto "$@" || exit 1; '
+                  'ethtool -g "$i" | grep -Eq "^TCP data split:[[:space:]]+$want[[:space:]]*$" || '
+                  'ethtool -G "$i" tcp-data-split "$want"')
+
+
+def _kept_nl(he, nl: str) -> str:
+    """A copy of hwt_nl next to the journal: an undo journaled with it must still run after a crash
+    removed the run's temp dir (run entries are undone first)."""
+    jdir = posixpath.dirname(he.journal.path) or JOURNAL_DIR
+    dst = posixpath.join(jdir, "hwt_nl." + hashlib.sha256(nl.encode()).hexdigest()[:12])
+    script = ('umask 077 && mkdir -p "$1" && { [ -x "$3" ] || { cp "$2" "$3.tmp" && chmod 700 "$3.tmp" && '
+              'mv "$3.tmp" "$3"; }; }')
+    he.t.run(["sh", "-c", script, "sh", jdir, nl, dst], timeout=15)
+    return dst
+
+
+def set_header_split(he, on: bool = True) -> bool:
+    """tcp-data-split on (and hds-thresh 0 where the kernel has one) or off; True when a change was journaled.
+
+    On is set even when the NIC already shows on: the kernel binds a memory provider only
+    when the *configured* state is on, and an "on" that is the driver's default (auto) is not.
+    The kernel reports the effective state, never auto, so the undo sets auto (with the old
+    threshold) and then the captured state explicitly only when auto gives another one, as
+    the kernel's selftests restore it. Netlink (hwt_nl) stands in where ethtool cannot.
+    """
+    setting = "header split (tcp-data-split)"
+    rings, nl = read_header_split(he)
+    if rings.tcp_data_split in (None, "n/a"):
+        raise Unsupported(he.name, he.nic.ifname, setting,
+                          "the driver reports no TCP data split" + (" (netlink rings-get)" if nl else " (n/a)"))
+    was = "on" if rings.tcp_data_split == "on" else "off"
+    if not on and was == "off":
         return False
-    helptext = he.t.run(["sh", "-c", "ethtool -h 2>&1; true"], check=False, timeout=ETHTOOL_TIMEOUT).stdout
-    if "tcp-data-split" not in helptext:
-        raise Unsupported(he.name, he.nic.ifname, setting,
-                          "this ethtool cannot set tcp-data-split (`ethtool -G` lacks it; needs a newer ethtool)")
+    hds = on and rings.hds_thresh is not None and rings.hds_thresh != 0
+    args = ["tcp-data-split", "on" if on else "off"] + (["hds-thresh", "0"] if hds else [])
+    old_hds = ["hds-thresh", str(rings.hds_thresh)] if hds else []
+    desc = " ".join(args)
     ifn = he.nic.ifname
-    _change(he, setting, "ethtool -G " + " ".join(args), ["ethtool", "-G", ifn, *args], ["ethtool", "-G", ifn, *undo])
+    if nl is None:
+        helptext = he.t.run(["sh", "-c", "ethtool -h 2>&1; true"], check=False, timeout=ETHTOOL_TIMEOUT).stdout
+        if "tcp-data-split" in helptext and (not hds or "hds-thresh" in helptext):
+            _change(he, setting, "ethtool -G " + desc, ["ethtool", "-G", ifn, *args],
+                    ["sh", "-c", _SPLIT_RESTORE, "sh", ifn, was, *old_hds])
+            return True
+        try:
+            nl = nl_tool(he)
+        except HwtestsError as exc:
+            raise Unsupported(he.name, ifn, setting, f"{ethtool_name(he)} cannot set {desc} (`ethtool -G` lacks it), "
+                                                     f"and netlink could not be asked: {exc}") from None
+    kept = _kept_nl(he, nl)
+    _change(he, setting, "netlink rings-set " + desc, [nl, "rings-set", ifn, *args],
+            [kept, "rings-set", ifn, "tcp-data-split", "auto", *old_hds, "expect", was])
     return True
 
 

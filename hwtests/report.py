@@ -47,8 +47,13 @@ HISTORY_SAMPLE_BUDGET = 100_000   # raw samples of other builds read for history
 ENV_VALUE_MAX = 160        # characters of an environment value shown in a table cell
 
 # Display precision per metric (decimals) and display names.
-DECIMALS = {"cycles": 2, "ns": 2, "gbps": 2, "cpu_per_gb": 3, "link_pct": 1}
-METRIC_ORDER = {"cycles": 0, "ns": 1, "gbps": 2, "cpu_per_gb": 3, "link_pct": 4}
+DECIMALS = {"cycles": 2, "ns": 2, "gbps": 2, "cpu_per_gb": 3, "link_pct": 1, "ceiling_pct": 1}
+METRIC_ORDER = {"cycles": 0, "ns": 1, "gbps": 2, "cpu_per_gb": 3, "link_pct": 4, "ceiling_pct": 5}
+# Shares shown by what they are a share of (the unit alone, %, would not say).
+METRIC_LABEL = {"link_pct": "% of link", "ceiling_pct": "% of TCP ceiling"}
+# Tests whose figures are not what their family's name suggests, labelled wherever the name is shown:
+# io_uring zcrx without a NIC (ZCRX_REG_NODEV) copies every byte, so it is never a zero-copy figure.
+TEST_LABELS = {"linerate/zcrx-nodev": "copy fallback, functional"}
 VERDICT_ORDER = {"regression": 0, "incomparable": 1, "inconclusive": 2, "improvement": 3, "unchanged": 4, "none": 5}
 
 # Build colors (colorblind-safe, Okabe-Ito); the baseline is always the first.
@@ -268,6 +273,11 @@ def fmt_shift(x, metric: str = "") -> str:
     return ("+" if x > 0 else "−" if x < 0 else "±") + s
 
 
+def break_points(name: str) -> list[str]:
+    """A name cut after each `/`, `_` and `-`: the places where the summary may wrap it (pure)."""
+    return [part for part in re.split(r"(?<=[/_-])", str(name)) if part]
+
+
 def fmt_int(n) -> str:
     try:
         return f"{int(n):,}".replace(",", "\u2009")
@@ -390,9 +400,25 @@ def _svg(fig, key: str) -> str:
 
 def _metric_title(metric: str, unit: str) -> str:
     names = {"cycles": "cycles per element", "ns": "ns per element", "gbps": "throughput",
-             "cpu_per_gb": "CPU per GB", "link_pct": "share of link speed"}
+             "cpu_per_gb": "CPU per GB", **METRIC_LABEL}
     base = names.get(metric, metric)
-    return f"{base} [{unit}]" if unit else base
+    return base if metric in METRIC_LABEL else f"{base} [{unit}]" if unit else base
+
+
+def line_rate_rows(medians: dict[tuple[str, str], float], builds: list[str]) -> list[dict]:
+    """Per build, throughput beside % of link and % of TCP ceiling (medians; pure).
+
+    `medians`: (metric, build) -> median. The ceiling itself, as % of the link, is the ratio
+    of the two shares (each sample's link_pct / ceiling_pct is the ceiling at its MTU).
+    Builds with neither share are left out."""
+    rows = []
+    for b in builds:
+        link, share = medians.get(("link_pct", b)), medians.get(("ceiling_pct", b))
+        if link is None and share is None:
+            continue
+        rows.append({"build": b, "gbps": medians.get(("gbps", b)), "link_pct": link, "ceiling_pct": share,
+                     "ceiling": 100.0 * link / share if link is not None and share else None})
+    return rows
 
 
 def samples_figure(test: str, metrics: list[dict], builds: list[str], colors: dict[str, str]) -> str:
@@ -747,8 +773,12 @@ class Ctx:
 
 def write_report(store, out_path, builds: list[str] | None = None, baseline: str | None = None,
                  title: str | None = None, note: str | None = None, csv_path: Path | None = None,
-                 db: str | None = None, thresholds: dict | None = None) -> Path:
+                 db: str | None = None, thresholds: dict | None = None,
+                 comparisons: dict[str, list] | None = None) -> Path:
     """Render the report of `builds` (default: every label) to `out_path`; return the path.
+
+    `comparisons` (candidate label -> the gate's comparisons against `baseline`) are shown as
+    given, so a page agrees with the verdicts of the caller (`hwtests ab`'s sequential gate).
 
     The page (and the CSV, if asked for) appear whole or not at all: both are written to
     temporary files first and renamed into place only once both are written.
@@ -756,7 +786,7 @@ def write_report(store, out_path, builds: list[str] | None = None, baseline: str
     out_path = _out_file(out_path, "--out")
     csv_path = _out_file(csv_path, "--csv") if csv_path is not None else None
     ctx = build_context(store, builds=builds, baseline=baseline, title=title, note=note, db=db,
-                        csv_path=csv_path, thresholds=thresholds)
+                        csv_path=csv_path, thresholds=thresholds, comparisons=comparisons)
     files = [(out_path, render(ctx).encode("utf-8"))]
     if csv_path is not None:
         files.append((csv_path, ctx.csv_raw or b""))
@@ -785,7 +815,7 @@ def _out_file(path, option: str) -> Path:
 
 
 def build_context(store, builds=None, baseline=None, title=None, note=None, db=None, csv_path=None,
-                  thresholds=None) -> Ctx:
+                  thresholds=None, comparisons=None) -> Ctx:
     import numpy as np
     import pandas as pd
 
@@ -823,13 +853,15 @@ def build_context(store, builds=None, baseline=None, title=None, note=None, db=N
     ctx.command = shlex.join(cmd)
     painter = _Painter(parallel=True)     # started first: its imports overlap loading the samples
     try:
-        return _fill(ctx, store, painter, note=note, csv_path=csv_path, thresholds=thresholds)
+        return _fill(ctx, store, painter, note=note, csv_path=csv_path, thresholds=thresholds,
+                     comparisons=comparisons)
     except BaseException:
         painter.abort()
         raise
 
 
-def _fill(ctx: Ctx, store, painter: "_Painter", note=None, csv_path=None, thresholds=None) -> Ctx:
+def _fill(ctx: Ctx, store, painter: "_Painter", note=None, csv_path=None, thresholds=None,
+          comparisons=None) -> Ctx:
     import numpy as np
     import pandas as pd
 
@@ -896,7 +928,8 @@ def _fill(ctx: Ctx, store, painter: "_Painter", note=None, csv_path=None, thresh
         if t in hist:
             painter.add("history_figure", (t, hist[t]["panels"], colors))
         ctx.tests.append({"name": t, "anchor": _anchor(t), "verdict": "none", "figure": None, "notes": notes,
-                          "history": None, "history_notes": hist[t]["notes"] if t in hist else [], "rows": []})
+                          "history": None, "history_notes": hist[t]["notes"] if t in hist else [], "rows": [],
+                          "line_rate": []})
     del by_tm
     painter.start()
 
@@ -912,7 +945,9 @@ def _fill(ctx: Ctx, store, painter: "_Painter", note=None, csv_path=None, thresh
         if compare is not None:
             for c in candidates:
                 try:
-                    for cmp in compare.compare_labels(gate_store, baseline, c, thresholds=thresholds):
+                    given = (comparisons or {}).get(c)
+                    for cmp in (given if given is not None
+                                else compare.compare_labels(gate_store, baseline, c, thresholds=thresholds)):
                         comps.setdefault((cmp.test, cmp.metric, c), []).append(cmp)
                 except Exception as exc:  # the report still shows numbers without verdicts
                     ctx.problems.append(f"{baseline} vs {c}: no verdicts: {exc}")
@@ -996,6 +1031,9 @@ def _fill(ctx: Ctx, store, painter: "_Painter", note=None, csv_path=None, thresh
         if h:
             tt["history"] = h["svg"]
             tt["history_notes"] = tt["history_notes"] + h["notes"]
+        med = {(m, b): float(stats.loc[(tt["name"], m, b)]["median"])
+               for m in ("gbps", "link_pct", "ceiling_pct") for b in builds if (tt["name"], m, b) in stats.index}
+        tt["line_rate"] = line_rate_rows(med, builds)
     ctx.tests.sort(key=lambda tt: (VERDICT_ORDER.get(tt["verdict"], 9), tt["name"]))
     _counters(ctx, store, builds, baseline)
 
@@ -1378,8 +1416,10 @@ def render(ctx: Ctx) -> str:
         loader=jinja2.PackageLoader("hwtests", "templates"),
         autoescape=jinja2.select_autoescape(["html", "j2"], default=True),
         trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
-    env.filters.update(v=fmt_value, p=fmt_p, pct=fmt_pct, shift=fmt_shift, int=fmt_int)
-    env.globals.update(VERDICT_LABEL=VERDICT_LABEL, Markup=jinja2.utils.markupsafe.Markup)
+    markup = jinja2.utils.markupsafe.Markup
+    env.filters.update(v=fmt_value, p=fmt_p, pct=fmt_pct, shift=fmt_shift, int=fmt_int,
+                       wbr=lambda name: markup("<wbr>").join(break_points(name)))
+    env.globals.update(VERDICT_LABEL=VERDICT_LABEL, METRIC_LABEL=METRIC_LABEL, TEST_LABELS=TEST_LABELS, Markup=jinja2.utils.markupsafe.Markup)
     tpl = env.get_template("report.html.j2")
     return tpl.render(c=ctx, version=_version())
 

@@ -20,6 +20,8 @@ time_bench, the upstream selftest module, our hwt_pp_bench):
   `6,1234,5678,-;msg` (their ` KEY=value` continuation lines are skipped);
 - mail quoting (`> `, `>> `, `| `, mixed) and results wrapped over 2-3 lines at
   any blank, each continuation line quoted or not;
+- indentation by spaces or tabs (code blocks in mail, notes and wiki pages), before
+  or after the quote marks, with or without a time stamp;
 - shorter forms: ending after `(step:N)`, or after `ns` without `Type:` as the
   upstream selftest script greps them (`no-softirq-page_pool01 Per elem: 19 cycles(tsc) 5.371 ns`);
 - type names with blanks (`kmem fastpath reuse`): the type runs lazily up to ` Per elem: `.
@@ -28,8 +30,12 @@ The printed cycles are floor(tsc_interval / invoke count) and the printed ns
 are truncated too, so a Record also holds the exact quotients
 (`cycles_exact`, `ns_exact`) when the line carries the counts.
 
-Warnings (the record is dropped): a truncated result (cut inside the numbers
-or before its end), a result-looking line that does not parse, per-CPU and
+A result cut after its printed ns (inside the trailing parentheses: a line
+length limit, a mail client) is a short record (cycles, ns, and step and
+time_interval if they are whole) plus a warning naming the line.
+
+Warnings (the record is dropped): a truncated result (cut before the end of
+its printed ns), a result-looking line that does not parse, per-CPU and
 PMU lines of the concurrent/PMU APIs, and the benchmarks' failure notes
 (ERR/ERROR/ABORT/WARNING/WARN, "Cannot use page_pool fast-path", "Error(..)
 creating page_pool", ...). A record whose printed figures disagree with its
@@ -90,6 +96,7 @@ class ParseResult:
 # -- envelopes ---------------------------------------------------------------------------
 
 _QUOTE = re.compile(r"^[ \t]*(?:[>|][ \t]?)+")
+_LEAD = re.compile(r"^[ \t]*(?:[>|][ \t]*)*")     # quote marks and the indentation around them
 _KMSG = re.compile(r"^\d+,\d+,\d+,[^;\s]*;")
 _KMSG_DICT = re.compile(r"^ [A-Z0-9_]+=")
 _SYSLOG_PRI = re.compile(r"^<\d{1,3}>")
@@ -98,11 +105,17 @@ _TS = re.compile(r"^\[ *\d+\.\d+\] ?")
 _TS_T = re.compile(r"^\[[A-Z][a-z]{2} [A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d \d{4}\] ?")
 _CALLER = re.compile(r"^\[ *[TC]\d+\] ?")
 _JOURNAL = re.compile(r"^(?:[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d|\d{4}-\d\d-\d\dT[\d:.,+-]+) \S+ kernel: ")
-_MODULE = re.compile(r"^([A-Za-z_][A-Za-z0-9_.-]*): (?=\S)")
+_MODULE = re.compile(r"^([A-Za-z_][A-Za-z0-9_.-]*):[ \t]+(?=\S)")
 
 
 def _unquote(line: str) -> str:
+    """Quote marks only: what is left of a kmsg dictionary line still starts with its blank."""
     return _QUOTE.sub("", line, count=1)
+
+
+def _dedent(line: str) -> str:
+    """Quote marks and indentation (code blocks in mail, notes, wiki pages) off the line."""
+    return _LEAD.sub("", line, count=1)
 
 
 def _envelope(text: str) -> tuple[str, bool]:
@@ -111,14 +124,14 @@ def _envelope(text: str) -> tuple[str, bool]:
     for rx in (_KMSG, _SYSLOG_PRI, _FACLEV, _TS, _TS_T, _CALLER, _JOURNAL, _CALLER):
         m = rx.match(text)
         if m:
-            text = text[m.end():]
+            text = text[m.end():].lstrip(" \t")
             had = True
     return text, had
 
 
 def _body(line: str) -> tuple[str, str | None, bool]:
     """Line -> (message body, module prefix or None, had a log envelope)."""
-    text, had = _envelope(_unquote(line))
+    text, had = _envelope(_dedent(line))
     module = None
     m = _MODULE.match(text)
     if m and not text.startswith(("Type:", "Sum Type:")):
@@ -138,6 +151,8 @@ _STAGES = (
 )
 _PER_ELEM = " Per elem: "
 FULL = len(_STAGES) + 1      # type + every stage
+_PRINTED = 3                 # type, cycles, ns: what a result cut further on still carries
+TRUNCATED_KEPT = "truncated result (kept as a short record: printed cycles and ns)"
 
 
 @dataclass
@@ -254,9 +269,9 @@ def _rank(m: _Match) -> tuple[int, int]:
 
 
 def _is_continuation(raw: str, sofar: _Match) -> bool:
-    text = _unquote(raw)
-    if not text.strip() or _KMSG_DICT.match(text):
+    if not raw.strip() or _KMSG_DICT.match(_unquote(raw)):
         return False
+    text = _dedent(raw)
     _, had = _envelope(text)
     if had:                     # a new log line, not the rest of a wrapped one
         return False
@@ -291,8 +306,8 @@ def parse(text: str) -> ParseResult:
         candidate = "Per elem" in body or bool(re.search(r"(?:^|\s)Type:\S", body))
         if not candidate:
             # a type alone on a line, `Per elem: ...` on the next (a wrapped grep'd result)
-            if i + 1 < n and _norm(_envelope(_unquote(lines[i + 1]))[0]).startswith("Per elem: ") \
-                    and not _envelope(_unquote(lines[i + 1]))[1] and 0 < len(body.strip()) <= 80 \
+            if i + 1 < n and _norm(_envelope(_dedent(lines[i + 1]))[0]).startswith("Per elem: ") \
+                    and not _envelope(_dedent(lines[i + 1]))[1] and 0 < len(body.strip()) <= 80 \
                     and not _LOOKS.search(body):
                 candidate = True
         if not candidate:
@@ -309,20 +324,26 @@ def parse(text: str) -> ParseResult:
             nxt = lines[i + used]
             if not _is_continuation(nxt, m):
                 break
-            joined = joined + " " + _unquote(nxt).strip()
+            joined = joined + " " + _dedent(nxt).strip()
             m = _match(joined)
             used += 1
             if _rank(m) > _rank(best[0]):
                 best = (m, used)
         m, used = best
         st = _status(m)
-        if st in ("full", "ok") and m.type:
+        cut = st == "open" and m.stages >= _PRINTED and bool(m.type)
+        if (st in ("full", "ok") and m.type) or cut:
             rec = _record(m, lineno, module)
             if rec.invoke_count == 0:
                 # time_bench prints a Type line of zeros after ABORT/ERR: nothing to import
                 out.warnings.append(ParseWarning(lineno, raw, "invoke count 0 (the timing failed)"))
+            elif rec.invoke_count is None and rec.cycles == 0 and rec.ns == 0:
+                # the same line of zeros, cut or in a short form: no count to tell it by
+                out.warnings.append(ParseWarning(lineno, raw, "zero cycles and ns (the timing failed)"))
             else:
                 out.records.append(rec)
+                if cut:
+                    out.warnings.append(ParseWarning(lineno, raw, TRUNCATED_KEPT))
                 bad = _inconsistent(m, rec)
                 if bad:
                     out.warnings.append(ParseWarning(lineno, raw, bad))

@@ -28,6 +28,7 @@ the exit status and the last output lines.
 
 from __future__ import annotations
 
+import errno as errno_mod
 import hashlib
 import json
 import os
@@ -44,11 +45,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from . import nlclient
 from .errors import HwtestsError, InfraError
 from .transport import CommandTimeout, LocalTransport, RemoteError, Transport
 
 FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "traffic"
-PROGRAMS = ("hwt_rx", "hwt_tx")
+PROGRAMS = ("hwt_rx", "hwt_tx", "hwt_nl")
 RX_MODES = ("tcp", "devmem", "zcrx")
 TX_MODES = ("tcp", "zerocopy", "devmem")
 
@@ -116,6 +118,11 @@ class TrafficBinaries:
     arch: str
     kernel_release: str
     sha256: dict[str, str] = field(default_factory=dict)   # program -> sha256 of the deployed binary
+
+    @property
+    def nl(self) -> str:
+        """hwt_nl, next to hwt_rx (netlink queries: queues, qstats, rings)."""
+        return posixpath.join(posixpath.dirname(self.rx), "hwt_nl")
 
     def artifacts(self) -> dict[str, str]:
         """Name -> digest, for `Run.artifacts`."""
@@ -212,7 +219,7 @@ def _host_cache_dir(t: Transport, digest: str, arch: str, release: str) -> str:
 
 
 def _remote_sums(t: Transport, d: str) -> dict[str, str]:
-    r = t.run(["sh", "-c", 'cd "$1" 2>/dev/null && sha256sum hwt_rx hwt_tx 2>/dev/null; true', "sh", d],
+    r = t.run(["sh", "-c", 'cd "$1" 2>/dev/null && sha256sum hwt_rx hwt_tx hwt_nl 2>/dev/null; true', "sh", d],
               check=False, timeout=30)
     out = {}
     for ln in r.stdout.splitlines():
@@ -361,8 +368,14 @@ def parse_summary(stdout: str) -> dict[str, Any] | None:
 # `flow_bytes` lists of numbers. Fields not named here pass as they are (a newer program).
 _COUNTERS = ("bytes", "mismatches", "validated_bytes", "tokens_returned", "zc_sends", "zc_completions",
              "zc_copied", "flows", "corrupted_bytes", "dmabuf_id", "dmabuf_frags", "linear_frags", "linear_bytes",
-             "copied_bytes", "zcrx_cqes", "refills", "queue", "num_queues", "pid")
-_TEXTS = ("role", "mode", "version", "unsupported", "step", "error", "extack", "ifname")
+             "linear_header_bytes", "copied_bytes", "zcrx_cqes", "zcrx_data_cqes", "refills", "refill_flushes",
+             "refill_pending", "cq_full_rearms", "no_buffer_rearms", "rearms", "refill_ring_full", "cq_entries",
+             "area_size", "rx_buf_len", "zcrx_register_flags", "zcrx_query_errno", "queue", "num_queues", "pid")
+_TEXTS = ("role", "mode", "version", "unsupported", "step", "error", "extack", "ifname", "zcrx_path",
+          "zcrx_fallback", "area_sizing")
+# hwt_rx --mode zcrx: the path its summary names. "nodev-copy" (ZCRX_REG_NODEV) moves every byte
+# through the kernel's copy fallback: a functional result, never a zero-copy figure.
+ZCRX_PATHS = ("zero-copy", "nodev-copy")
 
 
 def _is_int(v: Any) -> bool:
@@ -399,6 +412,8 @@ def check_summary(obj: dict[str, Any], host: str, role: str) -> dict[str, Any]:
             raise bad(k, "a list of strings")
         if k == "binds" and not (isinstance(v, list) and all(isinstance(x, dict) for x in v)):
             raise bad(k, "a list of objects")
+        if k == "zcrx_path" and v not in ZCRX_PATHS:
+            raise bad(k, " or ".join(ZCRX_PATHS))
     return obj
 
 
@@ -637,9 +652,11 @@ def _run_pair(rx_t: Transport, tx_t: Transport, rx_addr: str, mode_rx: str, mode
     except BaseException:
         try:
             bg.stop(grace=1.0)
+            wait_queues_released(rx_t, rx_bins, mode_rx, ifname, queue, num_queues)
         except (HwtestsError, RemoteError):
             pass
         raise
+    wait_queues_released(rx_t, rx_bins, mode_rx, ifname, queue, num_queues)
     _check_unsupported(rx_t.name, "rx", rxr.exit_status, rxr.stdout)
     rx_sum = parse_summary(rxr.stdout)
     tx_sum = parse_summary(txr.stdout)
@@ -678,6 +695,7 @@ def bind_check(t: Transport, mode: str, ifname: str, *, queue: int = 0, num_queu
     if mode == "devmem":
         cmd += ["--num-queues", str(num_queues)]
     r = t.run(cmd + list(extra), check=False, timeout=60)
+    wait_queues_released(t, bins, mode, ifname, queue, num_queues if mode == "devmem" else 1)
     _check_unsupported(t.name, "rx", r.exit_status, r.stdout)
     summ = parse_summary(r.stdout)
     if summ is None or "binds" not in summ:
@@ -687,7 +705,36 @@ def bind_check(t: Transport, mode: str, ifname: str, *, queue: int = 0, num_queu
     return summ
 
 
+def wait_queues_released(t: Transport, bins: TrafficBinaries, mode: str, ifname: str | None, queue: int | None,
+                         num_queues: int | None = None) -> None:
+    """After a devmem/zcrx receiver exited: wait (bounded) until the kernel has detached its memory
+    provider from the queues, which it does asynchronously; restoring header split or channels,
+    or binding again, is refused until then. A kernel without netdev queue-get has nothing to wait on."""
+    if mode not in ("devmem", "zcrx") or not ifname or queue is None:
+        return
+    ids = range(int(queue), int(queue) + max(1, int(num_queues or 1)))
+    try:
+        nlclient.wait_released(t, bins.nl, ifname, ids)
+    except nlclient.NlUnsupported:
+        return
+    except nlclient.NlError as exc:
+        raise TrafficError(str(exc)) from None
+
+
 # -- analysis (pure) ------------------------------------------------------------------------
+
+def zcrx_unsupported_reason(exc: Unsupported, kernel_release: str) -> str:
+    """One line saying what the kernel lacks for io_uring zcrx, from hwt_rx's exit-4 report (pure):
+    'io_uring zcrx: kernel 6.12.57 has no ZCRX_REG_NODEV (query EINVAL)'."""
+    extack = str(exc.summary.get("extack") or "")
+    if exc.step.endswith("IORING_REGISTER_QUERY"):
+        if "register_flags" in extack:
+            why = "query: " + extack.rsplit(": ", 1)[-1]
+        else:
+            why = "query " + (errno_mod.errorcode.get(exc.errno, str(exc.errno)) if exc.errno is not None else "failed")
+        return f"io_uring zcrx: kernel {kernel_release} has no ZCRX_REG_NODEV ({why})"
+    return f"io_uring zcrx: kernel {kernel_release}: {exc.reason}"
+
 
 def steady_state(samples: Sequence[float], warmup: int = 1, cooldown: int = 1) -> list[float]:
     """Per-second samples without the first `warmup` and the last `cooldown` ones.

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy.stats import norm
 
-from hwtests import cli, compare
+from hwtests import abrun, cli, compare, gate
+from hwtests.errors import InputError
 from hwtests.store import HostInfo, Run, Sample, Store
 from pgfixture import pg_server, pg_url, store_url  # noqa: F401
 
@@ -240,3 +242,216 @@ def test_sqlite_and_postgresql_give_the_same_output(tmp_path, pg_url, pg_server,
         assert pg_server.password not in repr(outs[1])
     code, _, err = hw(capsys, "compare", "--baseline", "base", "--candidate", "zzz", "--db", pg_url)
     assert code == 2 and "known labels: base, plus1, plus01" in err and pg_server.password not in err
+
+
+# -- hwtests ab: the sequential extension ---------------------------------------------------
+# Kernel boots cannot happen here (the netns lab shares this machine's kernel), so the boot and
+# suite step is injected: it stores what the page_pool suite would, 5 loads per boot, into a real
+# SQLite store; the loop, the store queries and the gate are the real ones.
+
+LOADS_PER_BOOT = 5
+AB_PLAN = gate.Plan(2, 2, 6, unit="boot(s) per build")
+
+
+def _quantiles(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).permutation(norm.ppf((np.arange(1, n + 1) - 0.5) / n))
+
+
+def ab_series() -> dict[str, dict[str, np.ndarray]]:
+    """30 loads per build and test: a clear +1 cycle, a +1 cycle hidden by two baseline outliers, A/A, noise."""
+    out = {}
+    for i, (test, shift, sd) in enumerate((("pagepool/clear", 1.0, 0.3), ("pagepool/hidden", 1.0, 0.3),
+                                           ("pagepool/same", 0.0, 0.3), ("pagepool/noisy", 1.5, 3.0))):
+        base = 8.6 + sd * _quantiles(30, 4 + i)
+        cand = 8.6 + shift + sd * _quantiles(30, 40 + i)
+        if test == "pagepool/hidden":
+            base[[2, 7]] += [3.5, 4.5]
+        if test == "pagepool/noisy":
+            z = np.tile(norm.ppf((np.arange(1, 11) - 0.5) / 10), 3)
+            base, cand = 8.6 + sd * z, 8.6 + shift + sd * z
+        out[test] = {"A": base, "B": cand}
+    return out
+
+
+class FakeBoots:
+    """Stands in for boot_and_suite: one run per boot of the named tests, as the suite stores it."""
+
+    def __init__(self, url: str, series: dict):
+        self.url, self.series = url, series
+        self.boots = {"A": 0, "B": 0}
+        self.calls: list[tuple[int, list[str]]] = []
+
+    def boot(self, label: str, tests) -> None:
+        j = self.boots[label]
+        self.boots[label] += 1
+        with Store.open(self.url) as s:
+            rid = s.begin_run(Run(label, "p1", "ctl", "inv", "measured", [HostInfo("rx", "dut1", boot_id=f"{label}{j}")]))
+            s.add_samples(rid, [Sample(t, "cycles", float(v), "cycles", "lower", r, boot_id=f"{label}{j}")
+                                for t in tests
+                                for r, v in enumerate(self.series[t][label][j * LOADS_PER_BOOT:(j + 1) * LOADS_PER_BOOT])])
+            s.finish_run(rid)
+
+    def more(self, step: int, tests: list[str]) -> int | None:
+        self.calls.append((step, list(tests)))
+        for _ in range(step):
+            for label in ("A", "B"):
+                self.boot(label, tests)
+        return None
+
+
+def _ab(tmp_path, tests):
+    url = str(tmp_path / "ab.db")
+    fake = FakeBoots(url, ab_series())
+    for _ in range(AB_PLAN.first):
+        for label in ("A", "B"):
+            fake.boot(label, tests)
+    store = Store.open(url)
+
+    def at(look):
+        return compare.compare_labels(store, "A", "B", plan=AB_PLAN, look=look)
+    return fake, store, at
+
+
+def test_ab_extension_takes_more_boots_of_the_undecided_tests_only(tmp_path):
+    fake, store, at = _ab(tmp_path, ["pagepool/clear", "pagepool/hidden", "pagepool/same"])
+    try:
+        first = at(1)
+        assert {c.test: c.verdict for c in first} == {"pagepool/clear": "regression", "pagepool/hidden": "inconclusive",
+                                                      "pagepool/same": "pass"}
+        said = []
+        comps, stop = abrun.extend(AB_PLAN, first, fake.more, at, said.append)
+    finally:
+        store.close()
+    assert stop is None
+    assert fake.calls == [(2, ["pagepool/hidden"])]          # two more A B boots, only the undecided test
+    got = {c.test: (c.verdict, c.look, c.n_base) for c in comps}
+    assert got == {"pagepool/clear": ("regression", "1/3", 10), "pagepool/hidden": ("regression", "2/3", 20),
+                   "pagepool/same": ("pass", "1/3", 10)}
+    assert said == ["== look 2/3: 1 test(s) undecided (pagepool/hidden): 2 more boot(s) per build, only these"]
+    assert compare.exit_code(comps) == 1
+    text = compare.format_table(comps, "A", "B")
+    assert "sequential look 2/3: cycles regresses at p<0.0031" in text and "inconclusive" not in text.split("gate:")[0]
+
+
+def test_ab_extension_stops_at_the_cap_and_says_so_once(tmp_path):
+    fake, store, at = _ab(tmp_path, ["pagepool/noisy", "pagepool/same"])
+    try:
+        comps, stop = abrun.extend(AB_PLAN, at(1), fake.more, at)
+    finally:
+        store.close()
+    assert stop is None and fake.calls == [(2, ["pagepool/noisy"]), (2, ["pagepool/noisy"])]
+    assert fake.boots == {"A": 6, "B": 6}                     # never past --max-rounds
+    (noisy,) = [c for c in comps if c.test == "pagepool/noisy"]
+    assert noisy.verdict == "inconclusive" and noisy.more_runs is None and noisy.look == "3/3"
+    assert compare.exit_code(comps) == 3
+    text = compare.format_table(comps, "A", "B")
+    notes = [line for line in text.splitlines() if "pagepool/noisy cycles:" in line]
+    assert notes == ["  pagepool/noisy cycles: inconclusive: still undecided at the cap of 6 boot(s) per build; "
+                     "reduce the testbed's noise (governor, boost, SMT, pinning) rather than adding runs, or raise the cap"]
+    assert dict(compare.junit_properties(comps))["gate:pagepool/noisy:cycles"].endswith(
+        "more_runs=none (the cap cannot decide it)")
+
+
+def test_ab_extension_stops_when_interrupted(tmp_path):
+    fake, store, at = _ab(tmp_path, ["pagepool/hidden"])
+    calls = []
+    try:
+        comps, stop = abrun.extend(AB_PLAN, at(1), lambda step, tests: calls.append(tests) or 130, at)
+    finally:
+        store.close()
+    assert stop == 130 and calls == [["pagepool/hidden"]] and comps[0].verdict == "inconclusive"
+
+
+def test_ab_plan_from_the_options():
+    ns = argparse.Namespace
+    assert abrun.plan_of(ns(rounds=2, max_rounds=None)).sizes() == [2, 4, 6]
+    assert abrun.plan_of(ns(rounds=2, max_rounds=2)).looks == 1          # no extension: the fixed-sample gate
+    assert abrun.plan_of(ns(rounds=20, max_rounds=None)).cap == 50
+    for bad in (1, 51):
+        with pytest.raises(InputError, match="--max-rounds"):
+            abrun.plan_of(ns(rounds=2, max_rounds=bad))
+
+
+def test_only_tests_keeps_the_undecided_items(tmp_path):
+    """A real pytest session: items recording an undecided test run, the others are deselected."""
+    (tmp_path / "test_items.py").write_text(
+        "import pytest\n"
+        "@pytest.mark.hw_test_name('pagepool')\n"
+        "def test_pp(): pass\n"
+        "@pytest.mark.parametrize('mode', [pytest.param(m, marks=pytest.mark.hw_test_name('linerate/' + m))"
+        " for m in ('tcp', 'tcpx', 'zerocopy')])\n"
+        "def test_lr(mode): pass\n"
+        "def test_link(): pass\n")
+    code = ("import sys, pytest\nfrom hwtests.abrun import OnlyTests\n"
+            f"sys.exit(pytest.main([{str(tmp_path)!r}, '-v', '-p', 'no:cacheprovider'],"
+            " plugins=[OnlyTests(['pagepool/no-softirq-page_pool01', 'linerate/tcp'])]))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    ran = sorted(re.findall(r"::(\S+) PASSED", r.stdout))
+    assert ran == ["test_lr[tcp]", "test_pp"] and "3 deselected" in r.stdout
+
+
+def test_ab_gate_sequentially_drives_boots_and_stops_on_interrupt_or_lost_lease(tmp_path, monkeypatch):
+    """gate_sequentially with boot_and_suite replaced (no kernels here): A B per extra boot, only
+    the undecided tests, suite failures counted, Ctrl-C and a lost lease stop the plan."""
+    from hwtests import plugin
+    from hwtests.errors import InfraError
+
+    fake, store, _ = _ab(tmp_path, ["pagepool/hidden", "pagepool/same"])
+    rcs = iter([0, 1, 0, 0])                      # the B suite of the first extra round fails a test
+    booted = []
+
+    def boot(args, inv, pair, label, holder, tests, say):
+        booted.append((label, holder, tuple(tests)))
+        fake.boot(label, tests)
+        return next(rcs)
+
+    monkeypatch.setattr(abrun, "boot_and_suite", boot)
+    args = argparse.Namespace(rounds=2, max_rounds=6)
+    inv = argparse.Namespace(thresholds={})
+    pair = argparse.Namespace(name="p1")
+    try:
+        comps, rc = abrun.gate_sequentially(args, inv, pair, "A", "B", store, "holder-1", lambda: None, 0.0,
+                                            lambda s: None)
+        assert rc == 1 and booted == [(x, "holder-1", ("pagepool/hidden",)) for x in "ABAB"]
+        assert {c.test: c.verdict for c in comps} == {"pagepool/hidden": "regression", "pagepool/same": "pass"}
+
+        (tmp_path / "2").mkdir()
+        _, store2, _ = _ab(tmp_path / "2", ["pagepool/noisy"])
+        rcs = iter([2])                           # pytest's 2 that the plugin did not set: interrupted
+        plugin.last_exit_set = None
+        monkeypatch.setattr(abrun, "boot_and_suite", lambda *a: next(rcs))
+        comps, rc = abrun.gate_sequentially(args, inv, pair, "A", "B", store2, "h", lambda: None, 0.0, lambda s: None)
+        assert rc == 130
+        with pytest.raises(InfraError, match="lease expired before extra boot 1"):
+            abrun.gate_sequentially(args, inv, pair, "A", "B", store2, "h", lambda: "lease expired", 0.0,
+                                    lambda s: None)
+        store2.close()
+    finally:
+        store.close()
+
+
+def test_only_tests_on_the_real_suite_in_the_netns_lab(netns_lab, tmp_path):
+    """The extension's pytest session for real (the shipped suite, the netns lab's sshd pairs):
+    only the undecided test's items run and store; the rest of the suite is deselected."""
+    db = tmp_path / "only.db"
+    code = ("import argparse, sys, pytest\nfrom hwtests import abrun, runner\n"
+            f"ns = argparse.Namespace(inventory={str(netns_lab)!r}, kernel_build='B', pair=['pair1'], db={str(db)!r},"
+            " gate_baseline=None, html=None, extra=['-p', 'no:cacheprovider', '-rA'])\n"
+            "sys.exit(pytest.main(runner.pytest_args(ns), plugins=[abrun.OnlyTests(['linerate/tcp'])]))\n")
+    env = dict(os.environ, HWTESTS_LINERATE_DURATION="1", HWTESTS_LINERATE_REPEAT="2",
+               HWTESTS_LINERATE_WARMUP="0", HWTESTS_LINERATE_COOLDOWN="0")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, env=env,
+                       cwd=tmp_path)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    assert re.search(r"\b1 passed\b", r.stdout) and re.search(r"\b\d+ deselected\b", r.stdout), r.stdout[-2000:]
+    with Store.open(str(db)) as s:
+        outcomes = s.outcomes(labels=["B"])
+        samples = s.samples(labels=["B"])
+    assert {(o.pair, o.test, o.outcome) for o in outcomes.itertuples()} == {("pair1", "linerate/tcp", "passed")}
+    assert set(samples["test"]) == {"linerate/tcp"} and (samples["metric"] == "gbps").sum() == 2
+
+
+def test_extension_sessions_drop_xdist_options():
+    assert abrun.without_xdist(["-k", "pagepool", "-n", "4", "-v", "-n2", "--numprocesses=3", "--dist", "load",
+                                "--dist=loadgroup", "--numprocesses", "auto", "-x"]) == ["-k", "pagepool", "-v", "-x"]

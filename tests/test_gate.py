@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -76,7 +77,10 @@ def test_noisy_inconclusive_is_capped_and_says_why():
     cand = base + 2.0                                               # p ~ 0.07: neither pass nor fail
     c = compare_samples(base, cand, "lower", metric="cycles")
     assert c.verdict == "inconclusive"
-    assert c.more_runs <= gate.MAX_RUNS - 10 and "noisy" in c.note
+    # one message: the cap cannot decide it (no "take 50 more" next to "about N runs would be needed")
+    assert c.more_runs is None and "noise" in c.note and f"{gate.MAX_RUNS} runs per side cannot decide" in c.note
+    assert gate.advice(c) == f"inconclusive: {c.note}"
+    assert gate.decided(c)
 
 
 def test_too_few_samples():
@@ -190,12 +194,136 @@ def test_properties(base, cand, offset):
     if abs(a.shift - s.shift) < 1e-6:       # float rounding of the offset may move ties
         assert s.verdict == a.verdict or abs(abs(a.shift) - th.fail_abs) < 1e-3 or abs(abs(a.shift) - th.pass_abs) < 1e-3
     if a.verdict == "inconclusive":
-        assert a.more_runs and a.more_runs >= 1
+        assert (a.more_runs is None and "cannot decide" in a.note) or 1 <= a.more_runs <= gate.MAX_RUNS - min(len(base), len(cand))
+        assert_one_number(gate.advice(a), a.more_runs or gate.MAX_RUNS)
 
 
 def test_aa_calibration_smoke():
     r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "aa_calibration.py"), "--synthetic",
                         "--splits", "20", "--runs-per-side", "5"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.count("A/A false-alarm rate:") == 2
+    assert r.stdout.count("A/A false-alarm rate:") == 4          # one look and sequential, cycles and gbps
+    assert r.stdout.count("mean runs per side") == 6 and "looks at 5, 10, 15 runs per side" in r.stdout
     assert "detection of" in r.stdout and "+1 cycles" in r.stdout and "-2%" in r.stdout
+
+
+# -- the sequential rule --------------------------------------------------------------------
+
+PLAN = gate.Plan(10, 10, 30)
+
+
+def assert_one_number(msg: str, expected: int) -> None:
+    """The advice names one count of runs, the expected one (never two different numbers)."""
+    numbers = {int(x) for x in re.findall(r"\b\d+\b", msg)}
+    assert numbers <= {expected}, msg
+
+
+def run_plan(base_runs, cand_runs, plan=PLAN, metric="cycles", better="lower"):
+    """The looks a caller takes: compare at each planned size until a look decides. -> all looks' comparisons."""
+    out = []
+    for k, n in enumerate(plan.sizes(), start=1):
+        c = compare_samples(base_runs[:n], cand_runs[:n], better, metric=metric, plan=plan, look=k)
+        out.append(c)
+        if gate.decided(c):
+            break
+    return out
+
+
+@pytest.mark.parametrize("plan", [gate.Plan(10, 10, 30), gate.Plan(2, 2, 6), gate.Plan(10, 5, 22), gate.Plan(4, 1, 4)])
+def test_look_levels_spend_exactly_fail_p(plan):
+    levels = [gate.look_level(0.01, plan, k) for k in range(1, plan.looks + 1)]
+    assert plan.sizes()[-1] == plan.cap and plan.sizes() == sorted(set(plan.sizes()))
+    assert math.isclose(sum(levels), 0.01, rel_tol=1e-12)       # union bound: any-look false alarm <= fail_p
+    assert all(lv > 0 for lv in levels)
+    if plan.looks == 1:
+        assert levels == [pytest.approx(0.01)]                 # one look is the fixed-sample gate
+    else:
+        assert levels[0] > 0.01 / plan.looks                    # Pocock-type: the first look gets the most
+    with pytest.raises(InputError, match="look"):
+        gate.look_level(0.01, plan, plan.looks + 1)
+
+
+def test_plan_rejects_nonsense():
+    for args in ((0, 1, 5), (5, 0, 10), (10, 5, 8)):
+        with pytest.raises(InputError, match="sequential plan"):
+            gate.Plan(*args)
+
+
+def _outlier_heavy(shift: float):
+    """+shift cycles, sd 0.3, two outlier loads in the first 10 of the baseline: inconclusive at the first look."""
+    z = norm.ppf((np.arange(1, 31) - 0.5) / 30)
+    rng = np.random.default_rng(4)
+    base = 8.6 + 0.3 * rng.permutation(z)
+    cand = 8.6 + shift + 0.3 * rng.permutation(z)
+    base[[2, 7]] += [3.5, 4.5]
+    return base, cand
+
+
+def test_sequential_decides_a_clear_shift_after_extension():
+    base, cand = _outlier_heavy(1.0)
+    single = compare_samples(base[:10], cand[:10], "lower", metric="cycles")
+    looks = run_plan(base, cand)
+    assert looks[0].verdict == "inconclusive" and looks[0].more_runs == 10 and looks[0].look == "1/3"
+    assert gate.advice(looks[0]) == "inconclusive: take 10 more run(s) per side"
+    assert looks[-1].verdict == "regression" and len(looks) >= 2
+    assert looks[-1].p_value < looks[-1].fail_level == pytest.approx(gate.look_level(0.01, PLAN, len(looks)))
+    assert single.verdict != "regression"       # what one look at 10 runs said
+
+
+def test_sequential_stays_pass_on_aa_data():
+    rng = np.random.default_rng(2026)
+    verdicts = []
+    used = []
+    for _ in range(300):
+        base, cand = cycles(rng, 30, outliers=0.05), cycles(rng, 30, outliers=0.05)
+        looks = run_plan(base, cand)
+        verdicts.append(looks[-1].verdict)
+        used.append(looks[-1].n_base)
+    assert verdicts.count("regression") <= 1            # the bound is 1% = 3 of 300; the effect floor keeps it ~0
+    assert verdicts.count("pass") >= 290
+    assert np.mean(used) < 13                            # A/A rarely needs the extra looks
+
+
+def test_sequential_respects_the_cap_and_says_so():
+    z = np.tile(norm.ppf((np.arange(1, 11) - 0.5) / 10), 3)   # every look sees the same spread
+    base = 8.6 + 3.0 * z                                        # sigma 3 cycles: a broken testbed
+    cand = base + 1.5                                           # p 0.13, 0.06, 0.03 at 10, 20, 30 runs
+    looks = run_plan(base, cand)
+    assert [c.look for c in looks] == ["1/3", "2/3", "3/3"]
+    assert [c.n_base for c in looks] == [10, 20, 30]
+    for c in looks[:-1]:
+        assert c.verdict == "inconclusive" and c.more_runs == 10 and not gate.decided(c)
+    last = looks[-1]
+    assert last.verdict == "inconclusive" and last.more_runs is None and gate.decided(last)
+    assert "still undecided at the cap of 30 run(s) per side" in last.note
+    assert_one_number(gate.advice(last), 30)
+    with pytest.raises(InputError):
+        compare_samples(base, cand, "lower", metric="cycles", plan=PLAN, look=4)
+
+
+def test_plan_units_reach_the_advice():
+    plan = gate.Plan(2, 2, 6, unit="boot(s) per build")
+    base, cand = _outlier_heavy(1.0)
+    c = compare_samples(base[:10], cand[:10], "lower", metric="cycles", plan=plan, look=1)
+    assert c.verdict == "inconclusive" and gate.advice(c) == "inconclusive: take 2 more boot(s) per build"
+
+
+@settings(max_examples=120, deadline=None)
+@given(base=samples_st, cand=samples_st)
+def test_advice_is_one_bounded_number(base, cand):
+    c = compare_samples(base, cand, "lower", metric="cycles")
+    n = min(len(base), len(cand))
+    said = gate.advice(c)
+    if c.verdict != "inconclusive":
+        assert said == ""
+    elif c.more_runs is None:
+        assert_one_number(said, gate.MAX_RUNS)
+    else:
+        assert n + c.more_runs <= gate.MAX_RUNS and said == f"inconclusive: take {c.more_runs} more run(s) per side"
+        assert_one_number(said + " " + c.note if "sample(s)" not in c.note else said, c.more_runs)
+    for k in range(1, PLAN.looks + 1):
+        s = compare_samples(base, cand, "lower", metric="cycles", plan=PLAN, look=k)
+        if s.verdict == "inconclusive":
+            bound = PLAN.sizes()[k - 1] + (s.more_runs or 0)
+            assert bound <= PLAN.cap and (s.more_runs is None) == (k == PLAN.looks)
+            assert_one_number(gate.advice(s), s.more_runs or PLAN.cap)

@@ -1,10 +1,13 @@
 """nicsetup: parsers, and every change and its undo on a simulated NIC through the real journal.
 
-The simulated NIC is this file run as `ethtool` (see `fake_main`): state in a JSON
+The simulated NIC is this file run as `ethtool` (see `fake_ethtool`): state in a JSON
 file, output as ethtool 6.14 prints it for an mlx5-like NIC ("mlx5") or for veth
-("veth"). The journal is the real one, writing to a temp file through a
-LocalTransport, so the journaled undo commands really run.
-Lab tests at the end run against the netns lab's veth.
+("veth"), or as ethtool 6.1 / 6.7 print it (no HDS thresh lines, fewer -G
+parameters). A NIC with header split cannot exist on this machine, so the same file
+also stands in for hwt_nl's rings and queue answers about it (`fake_nl`, the JSON
+hwt_nl prints); hwt_nl itself runs for real in tests/test_hwt_nl.py. The journal is
+the real one, writing to a temp file through a LocalTransport, so the journaled undo
+commands really run. Lab tests at the end run against the netns lab's veth.
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ ALIAS = {"gro": "generic-receive-offload", "ntuple": "ntuple-filters", "rxhash":
 
 
 def default_state(kind="mlx5"):
-    return {"kind": kind, "split": "off", "hds": 256, "hds_max": 1023, "rx_ring": 1024,
+    # split: the effective state; config: what was set (auto: the driver's default, split_default)
+    return {"kind": kind, "split": "off", "config": "auto", "split_default": "off", "ethtool": "6.14",
+            "hds": 256, "hds_max": 1023, "rx_ring": 1024,
             "combined": 4, "combined_max": 8, "indir": [i % 4 for i in range(128)], "rxfh_configured": False,
             "features": {"rx-checksumming": [True, False], "generic-receive-offload": [True, False],
                          "ntuple-filters": [False, False], "receive-hashing": [True, False],
@@ -37,15 +42,92 @@ def err(s, rc=1):
     sys.exit(rc)
 
 
+def set_split(st, v):
+    st["config"] = v
+    st["split"] = st["split_default"] if v == "auto" else v
+
+
+def save(st, path):
+    tmp = path + ".tmp"
+    json.dump(st, open(tmp, "w"))
+    os.replace(tmp, path)
+
+
+def fake_nl(argv):
+    """hwt_nl's rings-get / rings-set / queue-get answers for the simulated NIC (JSON as hwt_nl prints)."""
+    path = os.environ["FAKE_NIC"]
+    with open(path + ".log", "a") as f:
+        f.write("hwt_nl " + " ".join(argv) + "\n")
+    st = json.load(open(path))
+    cmd, ifn, rest = argv[0], argv[1], argv[2:]
+
+    def rings():
+        r = {"rx-max": 8192, "rx": st["rx_ring"]}
+        if not st.get("driver_no_split"):
+            r["tcp-data-split"] = st["split"]
+        if not st.get("kernel_no_hds"):
+            r.update({"hds-thresh": st["hds"], "hds-thresh-max": st["hds_max"]})
+        return r
+
+    if st["kind"] == "veth" and cmd.startswith("rings"):
+        out(json.dumps({"unsupported": f"ethtool {cmd}: Operation not supported", "step": f"ethtool {cmd}",
+                        "errno": 95}) + "\n")
+        return 4
+    if cmd == "rings-get":
+        out(json.dumps({"cmd": cmd, "ifname": ifn, "rings": rings()}) + "\n")
+    elif cmd == "rings-set":
+        kv = dict(zip(rest[::2], rest[1::2]))
+        before = rings()
+        if st.get("providers") and kv.get("tcp-data-split", "on") != "on":
+            out(json.dumps({"cmd": cmd, "error": "ethtool rings-set: Invalid argument (can't disable tcp-data-split "
+                            "while device has memory provider enabled)", "errno": 22}) + "\n")
+            return 1
+        if "hds-thresh" in kv and not (kv["hds-thresh"] == "0" and st.get("kernel_no_hds")):
+            st["hds"] = int(kv["hds-thresh"])
+        if "tcp-data-split" in kv:
+            set_split(st, kv["tcp-data-split"])
+        explicit = False
+        if "expect" in kv and kv.get("tcp-data-split") == "auto" and st["split"] != kv["expect"]:
+            set_split(st, kv["expect"])
+            explicit = True
+        save(st, path)
+        out(json.dumps({"cmd": cmd, "ifname": ifn, "before": before, "rings": rings(), "explicit": explicit}) + "\n")
+    elif cmd == "queue-get":
+        prov = st.get("providers") or {}
+        qs = []
+        for i in range(st["combined"]):
+            q = {"id": i, "type": "rx", "ifindex": 7}
+            if prov.get(str(i)) == "dmabuf":
+                q["dmabuf"] = 3
+            elif prov.get(str(i)) == "io-uring":
+                q["io-uring"] = True
+            qs.append(q)
+        if prov and st.get("release_polls") is not None:      # the kernel's asynchronous release
+            st["release_polls"] -= 1
+            if st["release_polls"] <= 0:
+                st["providers"] = {}
+            save(st, path)
+        out(json.dumps({"cmd": cmd, "ifindex": 7, "queues": qs}) + "\n")
+    else:
+        return 2
+    return 0
+
+
 def fake_ethtool(argv):
     path = os.environ["FAKE_NIC"]
     with open(path + ".log", "a") as f:
         f.write(" ".join(argv) + "\n")
     st = json.load(open(path))
+    new = st["ethtool"] == "6.14"
+    if argv and argv[0] == "--version":
+        out(f"ethtool version {st['ethtool']}\n")
+        return 0
     if argv and argv[0] in ("-h", "--help"):
         out("ethtool -G|--set-ring DEVNAME\n\t[ rx N ]\n")
-        if not st.get("old_ethtool"):
-            out("\t[ tcp-data-split auto|on|off ]\n\t[ hds-thresh N ]\n")
+        if st["ethtool"] != "6.1":
+            out("\t[ tcp-data-split auto|on|off ]\n")
+        if new:
+            out("\t[ hds-thresh N ]\n")
         return 0
     if len(argv) < 2:
         err("ethtool: bad command line argument(s)\n", 1)
@@ -57,21 +139,27 @@ def fake_ethtool(argv):
     if op == "-g":
         if veth:
             err("netlink error: Operation not supported\n", 1)
+        hds = not st.get("kernel_no_hds") and new
+        split = "n/a" if st.get("driver_no_split") else st["split"]
         out(f"Ring parameters for {ifn}:\nPre-set maximums:\nRX:\t\t\t8192\nRX Mini:\t\tn/a\nRX Jumbo:\t\tn/a\n"
-            f"TX:\t\t\t8192\nTX push buff len:\tn/a\nHDS thresh:\t\t{st['hds_max']}\n"
-            f"Current hardware settings:\nRX:\t\t\t{st['rx_ring']}\nRX Mini:\t\tn/a\nRX Jumbo:\t\tn/a\n"
-            f"TX:\t\t\t1024\nRX Buf Len:\t\tn/a\nCQE Size:\t\tn/a\nTX Push:\t\toff\nRX Push:\t\toff\n"
-            f"TX push buff len:\tn/a\nTCP data split:\t\t{st['split']}\nHDS thresh:\t\t{st['hds']}\n")
+            f"TX:\t\t\t8192\n" + (f"TX push buff len:\tn/a\nHDS thresh:\t\t{st['hds_max']}\n" if new else "")
+            + f"Current hardware settings:\nRX:\t\t\t{st['rx_ring']}\nRX Mini:\t\tn/a\nRX Jumbo:\t\tn/a\n"
+            f"TX:\t\t\t1024\nRX Buf Len:\t\tn/a\nCQE Size:\t\tn/a\nTX Push:\t\toff\n"
+            + ("RX Push:\t\toff\nTX push buff len:\tn/a\n" if new else "")
+            + ("" if st.get("no_split_line") else f"TCP data split:\t\t{split}\n")
+            + (f"HDS thresh:\t\t{st['hds']}\n" if hds else ""))
     elif op == "-G":
         if veth:
             err("netlink error: Operation not supported\n", 1)
         kv = dict(zip(rest[::2], rest[1::2]))
         for k, v in kv.items():
             if k == "tcp-data-split":
-                if v not in ("on", "off", "auto"):
+                if v not in ("on", "off", "auto") or st["ethtool"] == "6.1":
                     err("ethtool: bad command line argument(s)\n", 1)
-                st["split"] = "off" if v == "auto" else v
+                set_split(st, v)
             elif k == "hds-thresh":
+                if not new:
+                    err("ethtool: bad command line argument(s)\n", 1)
                 if int(v) > st["hds_max"]:
                     err("netlink error: Invalid argument\n", 1)
                 st["hds"] = int(v)
@@ -174,13 +262,13 @@ def fake_ethtool(argv):
             out(f"Added rule with ID {rid}\n")
     else:
         err("ethtool: bad command line argument(s)\n", 1)
-    tmp = path + ".tmp"
-    json.dump(st, open(tmp, "w"))
-    os.replace(tmp, path)
+    save(st, path)
     return 0
 
 
-if __name__ == "__main__":      # run as the fake ethtool: no pytest import, quick start
+if __name__ == "__main__":      # run as the fake ethtool or hwt_nl: no pytest import, quick start
+    if sys.argv[1:2] == ["--nl"]:
+        sys.exit(fake_nl(sys.argv[2:]))
     sys.exit(fake_ethtool(sys.argv[1:]))
 
 # ---------------------------------------------------------------------------------------
@@ -229,6 +317,10 @@ def fake(tmp_path, monkeypatch):
     wrapper = bindir / "ethtool"
     wrapper.write_text(f"#!/bin/sh\nexec {sys.executable} {Path(__file__).resolve()} \"$@\"\n")
     wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR)
+    nl = bindir / "hwt_nl"
+    nl.write_text(f"#!/bin/sh\nexec {sys.executable} {Path(__file__).resolve()} --nl \"$@\"\n")
+    nl.chmod(nl.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setattr(nicsetup, "nl_tool", lambda he: str(nl))
     state = tmp_path / "nic.json"
     state.write_text(json.dumps(default_state("mlx5")))
     monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
@@ -322,22 +414,90 @@ def test_parse_features_and_rule_id():
 def test_header_split_restores_captured_values(fake):
     he, nic = fake
     assert nicsetup.set_header_split(he, True) is True
-    assert (nic.state["split"], nic.state["hds"]) == ("on", 0)
+    assert (nic.state["split"], nic.state["config"], nic.state["hds"]) == ("on", "on", 0)
     pend = he.journal.pending()
-    assert len(pend) == 1 and pend[0].undo == "ethtool -G eth9 tcp-data-split off hds-thresh 256"
-    assert nicsetup.set_header_split(he, True) is False          # already so: no second entry
-    assert len(he.journal.pending()) == 1
+    assert len(pend) == 1 and pend[0].undo.endswith(" sh eth9 off hds-thresh 256")
     assert he.journal.restore() == []
-    assert (nic.state["split"], nic.state["hds"]) == ("off", 256)
+    # back to auto (the driver's default), not pinned to the "off" that auto gave
+    assert (nic.state["split"], nic.state["config"], nic.state["hds"]) == ("off", "auto", 256)
+    assert "-G eth9 tcp-data-split auto hds-thresh 256" in nic.calls()
+    assert "-G eth9 tcp-data-split off" not in nic.calls()
+
+
+def test_header_split_on_by_default_is_set_explicitly(fake):
+    """The kernel binds a memory provider only when the configured state is on; an "on" that is
+    the driver's default (auto) is not, so on is set anyway, and auto comes back."""
+    he, nic = fake
+    nic.update(split="on", split_default="on", hds=0)
+    assert nicsetup.set_header_split(he, True) is True
+    assert nic.state["config"] == "on"
+    he.journal.restore()
+    assert (nic.state["split"], nic.state["config"]) == ("on", "auto")
+
+
+def test_header_split_explicit_state_kept_when_auto_differs(fake):
+    """Configured off on a driver whose default is on: auto would give on, so off is set explicitly."""
+    he, nic = fake
+    nic.update(split="off", config="off", split_default="on")
+    assert nicsetup.set_header_split(he, True)
+    assert nic.state["split"] == "on"
+    assert he.journal.restore() == []
+    assert (nic.state["split"], nic.state["config"], nic.state["hds"]) == ("off", "off", 256)
 
 
 def test_header_split_only_threshold(fake):
     he, nic = fake
-    nic.update(split="on", hds=100)
+    nic.update(split="on", config="on", hds=100)
     assert nicsetup.set_header_split(he, True)
-    assert he.journal.pending()[0].undo == "ethtool -G eth9 hds-thresh 100"
+    assert nic.state["hds"] == 0
     he.journal.restore()
-    assert (nic.state["split"], nic.state["hds"]) == ("on", 100)
+    assert (nic.state["split"], nic.state["config"], nic.state["hds"]) == ("on", "on", 100)
+
+
+@pytest.mark.parametrize("version", ["6.1", "6.7"])
+def test_header_split_threshold_hidden_by_old_ethtool(fake, version):
+    """ethtool 6.1 (Debian 12) and 6.7 (Ubuntu 24.04) print no HDS thresh line on a kernel that has
+    one (256 here): the kernel is asked over netlink, the threshold set to 0 and restored."""
+    he, nic = fake
+    nic.update(ethtool=version)
+    assert "HDS" not in nicsetup.read_rings(he).current and nicsetup.read_rings(he).hds_thresh is None
+    rings, nl = nicsetup.read_header_split(he)
+    assert (rings.tcp_data_split, rings.hds_thresh, rings.hds_thresh_max) == ("off", 256, 1023) and nl
+    assert nicsetup.set_header_split(he, True)
+    assert (nic.state["split"], nic.state["hds"]) == ("on", 0)
+    assert any(c.startswith("hwt_nl rings-set eth9 tcp-data-split on hds-thresh 0") for c in nic.calls())
+    pend = he.journal.pending()
+    assert len(pend) == 1 and "rings-set eth9 tcp-data-split auto hds-thresh 256 expect off" in pend[0].undo
+    # the undo runs a copy of hwt_nl kept next to the journal (the run's temp dir may be gone)
+    assert pend[0].undo.startswith(str(Path(he.journal.path).parent / "hwt_nl."))
+    assert he.journal.restore() == []
+    assert (nic.state["split"], nic.state["config"], nic.state["hds"]) == ("off", "auto", 256)
+
+
+def test_header_split_hidden_and_no_netlink_names_the_ethtool(fake, monkeypatch):
+    he, nic = fake
+    nic.update(ethtool="6.1")
+
+    def no_nl(he):
+        raise nicsetup.HwtestsError("h1: building the traffic programs failed")
+    monkeypatch.setattr(nicsetup, "nl_tool", no_nl)
+    with pytest.raises(Unsupported, match=r"eth9: header split.*ethtool 6\.1 -g shows no HDS thresh, and the kernel "
+                                          r"could not be asked over netlink: h1: building"):
+        nicsetup.set_header_split(he, True)
+    assert he.journal.pending() == [] and nic.state["hds"] == 256
+
+
+def test_header_split_line_missing_asks_netlink(fake):
+    """An ethtool that prints no TCP data split line at all: netlink says whether the NIC has it."""
+    he, nic = fake
+    nic.update(no_split_line=True, kernel_no_hds=True)
+    assert nicsetup.set_header_split(he, True)
+    assert nic.state["split"] == "on"
+    he.journal.restore()
+    assert nic.state["config"] == "auto"
+    nic.update(driver_no_split=True)
+    with pytest.raises(Unsupported, match=r"the driver reports no TCP data split \(netlink rings-get\)"):
+        nicsetup.set_header_split(he, True)
 
 
 def test_header_split_unsupported(fake):
@@ -345,8 +505,8 @@ def test_header_split_unsupported(fake):
     nic.update(kind="veth")
     with pytest.raises(Unsupported, match=r"h1: eth9: header split.*netlink error: Operation not supported"):
         nicsetup.set_header_split(he, True)
-    nic.update(kind="mlx5", old_ethtool=True)
-    with pytest.raises(Unsupported, match="this ethtool cannot set tcp-data-split"):
+    nic.update(kind="mlx5", driver_no_split=True, ethtool="6.14")
+    with pytest.raises(Unsupported, match=r"the driver reports no TCP data split"):
         nicsetup.set_header_split(he, True)
     assert he.journal.pending() == [] and nic.state["split"] == "off"
 

@@ -24,6 +24,7 @@ from hwtests.report import fmt_p, fmt_pct, fmt_value, median_ci, thin_sorted, wr
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 REGRESSED = "pagepool/no-softirq-page_pool01"
 STABLE = ("pagepool/no-softirq-page_pool02", "pagepool/tasklet_page_pool01_fast_path")
+CEILING_1500 = 1448 / 1538
 
 
 def _host(role: str, name: str, kernel: str, cfg: str, boot: str, governor: str = "performance"):
@@ -64,6 +65,12 @@ def fill(store, runs: int = 10, reps: int = 10, seed: int = 7) -> None:
             for i, g in enumerate(9.40 + rng.normal(0, 0.02, 3)):
                 samples.append(Sample(test="linerate/devmem", metric="gbps", value=float(g), unit="Gbit/s",
                                       better="higher", repetition=i, boot_id=boot, host="vm1"))
+                # a 10G link at MTU 1500 (IPv4): 1448 payload bytes in 1538 on the wire
+                link = 100 * g * 1000 / 10_000
+                for metric, v in (("link_pct", link), ("ceiling_pct", link / CEILING_1500)):
+                    samples.append(Sample(test="linerate/devmem", metric=metric, value=float(v), unit="%",
+                                          better="higher", repetition=i, boot_id=boot, host="vm1",
+                                          extra={"speed_mbps": 10_000, "mtu": 1500, "family": 4}))
             store.add_samples(rid, samples)
             store.add_outcome(rid, REGRESSED, "passed")
             store.add_outcome(rid, "linerate/zcrx", "skipped", "missing capability: io_uring_zcrx")
@@ -90,9 +97,11 @@ def page(store, tmp_path_factory) -> Path:
 
 
 def _summary_rows(html: str) -> list[str]:
+    """The summary's result rows (not the note rows below them), break points taken out."""
     table = re.search(r'<table class="summary">.*?<tbody>(.*?)</tbody>', html, re.S)
     assert table, "no summary table"
-    return re.findall(r"<tr\b.*?</tr>", table.group(1), re.S)
+    return [r.replace("<wbr>", "") for r in re.findall(r"<tr\b.*?</tr>", table.group(1), re.S)
+            if "note-row" not in r.split(">", 1)[0]]
 
 
 def test_regression_is_first_row_of_summary(page):
@@ -191,6 +200,47 @@ def test_cli_writes_report_and_rejects_unknown_build(store, tmp_path):
     assert "nosuch" in p.stderr and len(p.stderr.strip().splitlines()) == 1
 
 
+def test_link_and_ceiling_side_by_side(page, store):
+    """linerate/devmem: % of link and % of TCP ceiling in adjacent summary rows, named by what they
+    are shares of, and side by side per build in the test's section, with the ceiling they imply."""
+    html = page.read_text()
+    rows = [r for r in _summary_rows(html) if "linerate/devmem" in r]
+    metrics = [re.search(r'<td class="mono">(\w+)', r).group(1) for r in rows]
+    assert metrics == ["gbps", "link_pct", "ceiling_pct"]
+    assert "[% of link]" in rows[1] and "[% of TCP ceiling]" in rows[2]
+    df = store.samples(labels=["base", "patched"], test_glob="linerate/*")
+    sec = html[html.index('<section class="test" id="t-linerate-devmem">'):]
+    table = re.search(r'<table class="linerate">.*?</table>', sec, re.S).group(0)
+    assert re.findall(r"<th[^>]*>([^<]*)</th>", table) == ["build", "Gbit/s", "% of link", "% of TCP ceiling",
+                                                          "TCP ceiling, % of link"]
+    got = [[re.sub(r"<[^>]+>", "", c).strip() for c in re.findall(r"<td[^>]*>(.*?)</td>", tr, re.S)]
+           for tr in re.findall(r"<tr>(.*?)</tr>", table.split("<tbody>")[1], re.S)]
+    want = []
+    for b in ("base", "patched"):
+        med = {m: float(df[(df.label == b) & (df.metric == m)]["value"].median()) for m in ("gbps", "link_pct",
+                                                                                            "ceiling_pct")}
+        want.append([b, f"{med['gbps']:.2f}", f"{med['link_pct']:.1f}", f"{med['ceiling_pct']:.1f}",
+                     f"{100 * CEILING_1500:.2f}"])
+    assert got == want
+    assert want[0][4] == "94.15" and 99 < float(want[0][3]) < 100.5
+
+
+def test_line_rate_rows():
+    med = {("gbps", "a"): 9.4, ("link_pct", "a"): 94.0, ("ceiling_pct", "a"): 94.0 / CEILING_1500,
+           ("gbps", "b"): 9.0, ("link_pct", "b"): 90.0, ("gbps", "c"): 1.0}
+    rows = report.line_rate_rows(med, ["a", "b", "c"])
+    assert [r["build"] for r in rows] == ["a", "b"]              # c has neither share
+    assert rows[0]["ceiling"] == pytest.approx(100 * CEILING_1500) and rows[0]["gbps"] == 9.4
+    assert rows[1]["ceiling_pct"] is None and rows[1]["ceiling"] is None and rows[1]["link_pct"] == 90.0
+
+
+def test_break_points():
+    assert report.break_points("pagepool/tasklet_page_pool01_fast_path") == [
+        "pagepool/", "tasklet_", "page_", "pool01_", "fast_", "path"]
+    assert report.break_points("netns-pair") == ["netns-", "pair"] and report.break_points("") == []
+    assert "".join(report.break_points("a/b_c-d<x>")) == "a/b_c-d<x>"
+
+
 def test_formatting():
     assert fmt_value(8.123456, "cycles") == "8.12"
     assert fmt_value(9.4149, "gbps") == "9.41"
@@ -251,3 +301,120 @@ def test_figures_drawn_by_child_processes_match(store, tmp_path, monkeypatch):
     figs = lambda h: re.findall(r"<svg .*?</svg>", h, re.S)  # noqa: E731
     assert len(figs(par)) == len(figs(serial)) >= 4
     assert figs(par) == figs(serial)
+
+
+LONG_TESTS = ("pagepool/tasklet_page_pool02_ptr_ring", "pagepool/no-softirq-page_pool03")
+
+
+def fill_wide(store, runs: int = 6, seed: int = 11) -> None:
+    """Two candidates on two pairs: a noisy test (the gate's long 'noisy: ...' note), a test with
+    one baseline sample ('baseline has 1 sample(s); ...') and long names: the widest summary."""
+    from hwtests.store import Run, Sample
+
+    rng = np.random.default_rng(seed)
+    for r in range(runs):
+        for label, kernel in (("base", "6.12.0-1-amd64"), ("patched", "6.12.0-1-amd64+pp"),
+                              ("patched-v2-with-a-longer-name", "6.12.0-1-amd64+pp2")):
+            for pair in ("vm-pair", "netns-pair-with-long-name"):
+                boot = f"{label}-{pair}-{r}"
+                run = Run(label=label, pair=pair, controller="ctl", inventory_hash="inv0123456789abcdef",
+                          source="measured", hosts=[_host("rx", "vm1", kernel, "cfg", boot)])
+                rid = store.begin_run(run)
+                samples = []
+                for test in LONG_TESTS:
+                    noisy = test == LONG_TESTS[0]
+                    shift = 0.5 if noisy and label != "base" else 0.0
+                    for i, c in enumerate(250.0 + shift + rng.normal(0, 3.0 if noisy else 0.2, 5)):
+                        samples.append(Sample(test=test, metric="cycles", value=float(c), unit="cycles",
+                                              better="lower", repetition=i, boot_id=boot, host="vm1"))
+                if label != "base" or r == 0:
+                    samples.append(Sample(test="linerate/tcp", metric="gbps", value=float(9.3 + rng.normal(0, 0.01)),
+                                          unit="Gbit/s", better="higher", repetition=0, boot_id=boot, host="vm1"))
+                store.add_samples(rid, samples)
+                store.finish_run(rid)
+
+
+@pytest.fixture(scope="module")
+def wide_page(tmp_path_factory) -> Path:
+    from hwtests.store import Store
+
+    tmp = tmp_path_factory.mktemp("wide")
+    with Store.open(str(tmp / "results.db")) as st:
+        fill_wide(st)
+        return write_report(st, tmp / "wide.html", builds=["base", "patched", "patched-v2-with-a-longer-name"],
+                            baseline="base", title="wide summary")
+
+
+def test_long_notes_sit_below_their_row(wide_page):
+    """No note column: a row with a note is followed by a note row spanning all but the verdict column."""
+    html = wide_page.read_text()
+    table = re.search(r'<table class="summary">.*?</table>', html, re.S).group(0)
+    head = re.search(r"<thead>(.*?)</thead>", table, re.S).group(1)
+    last_head_row = re.findall(r"<tr>(.*?)</tr>", head, re.S)[-1]
+    ncols = len(re.findall(r"<th\b", last_head_row))
+    assert ">note<" not in head and ncols == 14        # 3 + pair + 3 base + build + 3 cand + change, shift, p
+    trs = re.findall(r"<tr\b.*?</tr>", re.search(r"<tbody>(.*?)</tbody>", table, re.S).group(1), re.S)
+    notes = [(i, tr) for i, tr in enumerate(trs) if 'class="note-row' in tr]
+    assert len(notes) == 6
+    for i, tr in notes:
+        above = trs[i - 1]
+        assert "has-note" in above and "inconclusive" in above
+        assert f'colspan="{ncols - 1}"' in tr
+        assert re.search(r'class="note-row r-inconclusive"', tr)
+    texts = [re.sub(r"<[^>]+>", "", tr) for _, tr in notes]
+    assert sum("60 runs per side cannot decide it" in t and len(t) > 120 for t in texts) == 2   # one message, no second count
+    assert sum("baseline has 1 sample(s)" in t for t in texts) == 4
+    # every result row is a row of its own: 12 of them, none with a note cell
+    assert len(trs) - len(notes) == 12 and not any('class="small note"' in tr for tr in trs)
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("width", [1280, 1920])
+def test_summary_fits_the_window(wide_page, tmp_path, width):
+    """Laid out by Chromium: neither the page nor the summary table scrolls sideways, and the
+    long notes get the table's width instead of one word per line."""
+    from hwtests import browser
+
+    if browser.find_chromium() is None:
+        msg = "headless Chromium not installed (Debian package: chromium)"
+        if IN_CI:
+            pytest.fail(f"required in CI: {msg}", pytrace=False)
+        pytest.skip(msg)
+    shot = Path(os.environ.get("HWTESTS_SCREENSHOT_DIR") or tmp_path) / f"report-wide-{width}.png"
+    measure = {
+        "viewport": "document.documentElement.clientWidth",
+        "tables": "[...document.querySelectorAll('table.summary')].map(t => ({table: [t.scrollWidth, "
+                  "t.clientWidth], box: [t.parentElement.scrollWidth, t.parentElement.clientWidth], "
+                  "width: t.getBoundingClientRect().width}))",
+        "notes": "[...document.querySelectorAll('table.summary td.note')].map(e => "
+                 "({w: e.getBoundingClientRect().width, h: e.getBoundingClientRect().height, "
+                 "text: e.textContent.length}))",
+        "line": "parseFloat(getComputedStyle(document.querySelector('table.summary td.note')).lineHeight)",
+    }
+    res = browser.check_page(wide_page, screenshot=shot, width=width, expressions=measure)
+    assert res.problems == [], "\n".join(res.problems + [res.stderr[-2000:]])
+    v = res.values
+    assert v["viewport"] == width
+    assert res.scroll_width <= v["viewport"], f"the page scrolls sideways: {res.scroll_width} > {width}"
+    assert len(v["tables"]) == 1
+    t = v["tables"][0]
+    assert t["table"][0] <= t["table"][1] and t["box"][0] <= t["box"][1], f"the summary scrolls sideways: {t}"
+    assert len(v["notes"]) == 6
+    for n in v["notes"]:
+        assert n["w"] >= 0.8 * t["width"], f"a note squeezed into {n['w']:.0f} of {t['width']:.0f} px"
+        assert n["h"] <= 2 * v["line"] + 1, f"a note of {n['text']} characters takes {n['h']:.0f} px"
+
+
+def test_page_shows_the_callers_verdicts(store, tmp_path):
+    """`hwtests ab` hands its sequential gate's comparisons to the page, which shows them
+    instead of judging the samples again as one look."""
+    from hwtests import compare
+
+    comps = compare.compare_labels(store, "base", "patched")
+    reg = next(c for c in comps if c.test == REGRESSED and c.metric == "cycles")
+    assert reg.verdict == "regression"
+    reg.verdict = "inconclusive"                  # as if the plan had not decided it yet
+    out = write_report(store, tmp_path / "r.html", builds=["base", "patched"], baseline="base",
+                       comparisons={"patched": comps})
+    rows = [r for r in _summary_rows(out.read_text()) if REGRESSED in r and ">cycles<" in r.replace(" <span", "<")]
+    assert rows and "v-inconclusive" in rows[0] and "v-regression" not in rows[0]

@@ -166,8 +166,8 @@ def test_errors_log():
     assert got == [
         (1, "truncated result"),            # cut inside the ns
         (2, "truncated result"),            # cut inside the cycles
-        (3, "truncated result"),            # stops after time_interval
-        (4, "truncated result"),            # cut inside tsc_interval
+        (3, tb.TRUNCATED_KEPT),             # stops after time_interval: a short record
+        (4, tb.TRUNCATED_KEPT),             # cut inside tsc_interval: a short record
         (5, "benchmark note"),              # ERR: need more loops
         (6, "benchmark note"),              # ABORT
         (7, "invoke count 0 (the timing failed)"),
@@ -182,10 +182,15 @@ def test_errors_log():
     ]
     lines = read("errors.log").splitlines()
     assert all(w.text == lines[w.line - 1] for w in r.warnings)
-    # the short run after the WARNING is a record (5000 invocations), as is the inconsistent one
-    assert [x.line for x in r.records] == [9, 15]
-    check(r.records[0], "tasklet_page_pool02_ptr_ring", 5000, 271002, 75280)
-    assert r.records[1].cycles == 60 and r.records[1].cycles_exact == 571213490 / 10000000
+    # the two cut after their ns are short records; the short run after the WARNING is a
+    # record (5000 invocations), as is the inconsistent one
+    assert [x.line for x in r.records] == [3, 4, 9, 15]
+    for cut in r.records[:2]:
+        assert (cut.type, cut.cycles, cut.ns, cut.step, cut.time_interval) == \
+            ("no-softirq-page_pool03", 201, 20.114, 0, 201146055)
+        assert cut.invoke_count is cut.tsc_interval is cut.cycles_exact is cut.ns_exact is None
+    check(r.records[2], "tasklet_page_pool02_ptr_ring", 5000, 271002, 75280)
+    assert r.records[3].cycles == 60 and r.records[3].cycles_exact == 571213490 / 10000000
 
 
 @pytest.mark.parametrize("name", ["hwt_pp_bench-61-tcg.dmesg", "hwt_pp_bench-61-tcg.kmsg",
@@ -284,19 +289,30 @@ def test_every_cut_is_a_record_of_a_complete_form_or_a_warning():
     a correct shorter-form record (cut after `ns` or after `(step:0)`) or a warning."""
     text = "[ 7.000001] time_bench: " + FULL
     start = text.index("Type:") + len("Type:x")
-    forms = 0
+    after_ns = text.index(" ns ") + len(" ns")
+    forms = cut = 0
     for k in range(start, len(text) + 1):
         r = tb.parse(text[:k] + "\n[ 7.1] other: line\n")
-        assert len(r.records) + len(r.warnings) == 1, text[:k]
-        if r.records:
-            rec = r.records[0]
-            assert (rec.type, rec.cycles, rec.ns) == ("no-softirq-page_pool01", 19, 5.533)
-            if k < len(text):
-                assert rec.invoke_count is None and text[:k].rstrip().endswith((" ns", "(step:0)"))
-                forms += 1
-        else:
+        if k < after_ns:                     # cut inside the type, cycles or ns: nothing to keep
+            assert r.records == [] and len(r.warnings) == 1, text[:k]
             assert r.warnings[0].reason in ("truncated result", "looks like a result but cannot be read"), text[:k]
+            continue
+        assert len(r.records) == 1, text[:k]
+        rec = r.records[0]
+        assert (rec.type, rec.cycles, rec.ns, rec.line) == ("no-softirq-page_pool01", 19, 5.533, 1)
+        if k == len(text):
+            assert r.warnings == [] and rec.invoke_count == F_INV
+        elif text[:k].rstrip().endswith((" ns", "(step:0)")):
+            assert r.warnings == [] and rec.invoke_count is None      # a complete shorter form
+            forms += 1
+        else:                                # cut inside the trailing parentheses
+            assert [(w.line, w.reason) for w in r.warnings] == [(1, tb.TRUNCATED_KEPT)], text[:k]
+            assert rec.invoke_count is None and rec.cycles_exact is None
+            assert rec.step == (0 if "(step:0)" in text[:k] else None)
+            assert rec.time_interval == (F_TI if f"time_interval:{F_TI})" in text[:k] else None)
+            cut += 1
     assert forms == 4      # after `ns`, `ns `, `(step:0)`, `(step:0) `
+    assert cut == len(text) - after_ns - forms
 
 
 def test_noise_is_ignored_without_warning():
@@ -319,6 +335,89 @@ def test_records_as_json_have_the_contract_keys():
     for k in ("type", "cycles", "ns", "step", "time_interval", "invoke_count", "tsc_interval", "cycles_exact", "line"):
         assert k in d[0]
     assert tb.Warning is tb.ParseWarning
+
+
+# Counts written into indented-notes.txt (a mail quoting a code block, tab-indented notes,
+# a line cut by a wiki's line limit).
+INDENTED = [
+    ("for_loop", 100000000, 41803120, 11612400),
+    ("no-softirq-page_pool01", 10000000, 183440271, 50955631),
+    ("no-softirq-page_pool02", 10000000, 561004322, 155834533),
+    ("no-softirq-page_pool03", 10000000, 2611874410, 725520670),
+]
+FAST_CUT = ("tasklet_page_pool01_fast_path", 10000000, 176322905, 48978584)
+
+
+def test_indented_quoted_and_cut_notes():
+    text = read("indented-notes.txt")
+    r = tb.parse(text)
+    assert [x.type for x in r.records] == [t for t, *_ in INDENTED] + [FAST_CUT[0]]
+    # `>     [ ts] time_bench:`, `>     time_bench:`, tab + time stamp + tab, tab-indented and wrapped
+    assert [x.line for x in r.records] == [6, 8, 14, 15, 20]
+    for rec, (typ, inv, tsc, ti) in zip(r.records, INDENTED):
+        check(rec, typ, inv, tsc, ti, module="time_bench")
+    cut = r.records[-1]
+    typ, inv, tsc, ti = FAST_CUT
+    assert (cut.cycles, cut.ns, cut.step, cut.module) == (tsc // inv, printed_ns(ti, inv), 0, "time_bench")
+    assert cut.time_interval is cut.invoke_count is cut.cycles_exact is cut.ns_exact is None
+    lines = text.splitlines()
+    assert [(w.line, w.reason, w.text) for w in r.warnings] == [
+        (7, "benchmark note", lines[6]), (20, tb.TRUNCATED_KEPT, lines[19])]
+
+
+INDENTS = ["    ", "\t", "  \t ", "\t\t", "> ", ">     ", "> \t", ">>   ", "> >\t", "  > ", "\t| ", ">\t>  "]
+
+
+@pytest.mark.parametrize("indent", INDENTS)
+@pytest.mark.parametrize("envelope,module", [
+    ("", None),
+    ("time_bench: ", "time_bench"),
+    ("time_bench:\t", "time_bench"),
+    ("[ 1234.567890] time_bench: ", "time_bench"),
+    ("[ 1234.567890]\t bench_page_pool: ", "bench_page_pool"),
+    ("[Tue Jan  7 15:15:18 2025] bench_page_pool: ", "bench_page_pool"),
+    ("Jan 07 15:15:18 host1 kernel: time_bench: ", "time_bench"),
+])
+def test_indented_lines_parse_like_unindented(indent, envelope, module):
+    """The same result and note with and without indentation give the same records and warnings."""
+    note = "bench_page_pool_simple: time_bench_page_pool01_fast_path(): Cannot use page_pool fast-path"
+    plain = tb.parse(f"{envelope}{note}\n{envelope}{FULL}\n")
+    r = tb.parse(f"{indent}{envelope}{note}\n{indent}{envelope}{FULL}\n")
+    assert [x.to_dict() for x in r.records] == [x.to_dict() for x in plain.records]
+    assert [(w.line, w.reason) for w in r.warnings] == [(w.line, w.reason) for w in plain.warnings] \
+        == [(1, "benchmark note")]
+    check(r.records[0], "no-softirq-page_pool01", F_INV, F_TSC, F_TI, line=2, module=module)
+
+
+@pytest.mark.parametrize("indent", ["    ", "\t", "> \t"])
+def test_indented_and_wrapped_at_every_blank(indent):
+    text = "[ 5012.345678] time_bench: " + FULL
+    for i in _spaces(text)[3:]:
+        log = f"{indent}{text[:i]}\n{indent}  {text[i + 1:]}\n{indent}[ 5012.4] next: line\n"
+        r = tb.parse(log)
+        assert r.warnings == [] and len(r.records) == 1, (i, log)
+        check(r.records[0], "no-softirq-page_pool01", F_INV, F_TSC, F_TI, line=1, module="time_bench")
+
+
+def test_indented_time_stamped_line_is_no_continuation():
+    """A result cut after its ns, then the next indented log line: the cut one is kept short,
+    the next one is not glued onto it."""
+    cut = FULL[:FULL.index(" - (invoke")]
+    r = tb.parse(f"    [ 1.0] time_bench: {cut}\n    [ 1.1] time_bench: {FULL}\n")
+    assert [(x.line, x.invoke_count, x.time_interval) for x in r.records] == [(1, None, F_TI), (2, F_INV, F_TI)]
+    assert [(w.line, w.reason) for w in r.warnings] == [(1, tb.TRUNCATED_KEPT)]
+
+
+@pytest.mark.parametrize("zeros", [
+    "Type:tasklet_page_pool01_fast_path Per elem: 0 cycles(tsc) 0.000 ns (step:0) - (measurement period "
+    "time:0.000000000 sec time_interval:0) - (invoke cou",
+    "tasklet_page_pool01_fast_path Per elem: 0 cycles(tsc) 0.000 ns",
+])
+def test_line_of_zeros_without_counts_is_no_record(zeros):
+    """time_bench's line of zeros after an ABORT, cut before its invoke count or in the short form."""
+    r = tb.parse(f"[ 1.0] time_bench: {zeros}\n")
+    assert r.records == []
+    assert [(w.line, w.reason) for w in r.warnings] == [(1, "zero cycles and ns (the timing failed)")]
 
 
 def test_crlf_and_tabs():
@@ -408,6 +507,28 @@ def test_import_log_bad_files_store_nothing(tmp_path):
     (tmp_path / "trunc.log").write_text(read("errors.log").splitlines()[0] + "\n")
     p = _cli("trunc.log", "--kernel-build", "b1", "--dry-run", cwd=tmp_path)
     assert p.returncode == 2 and "1 unreadable result line(s), first at line 1: truncated result" in p.stderr
+
+
+def test_import_log_indented_and_cut(tmp_path):
+    """Indented, quoted and cut results reach the store; the cut one's warning names file and line."""
+    from hwtests.store import Store
+    db = tmp_path / "r.db"
+    p = _cli(str(DATA / "indented-notes.txt"), "--kernel-build", "notes", "--db", str(db), cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip().endswith("indented-notes.txt: 5 records (5 types), 2 warnings -> run 1 (notes)")
+    lines = read("indented-notes.txt").splitlines()
+    assert p.stderr.splitlines() == [
+        f"{DATA / 'indented-notes.txt'}:7: benchmark note: {lines[6].strip()[:160]}",
+        f"{DATA / 'indented-notes.txt'}:20: {tb.TRUNCATED_KEPT}: {lines[19].strip()[:160]}"]
+    with Store.open(str(db), create=False) as st:
+        df = st.samples(labels=["notes"])
+    cyc = {t: v for t, v in df[df.metric == "cycles"][["test", "value"]].itertuples(index=False)}
+    want = {f"pagepool/{t}": tsc / inv for t, inv, tsc, _ in INDENTED}
+    typ, inv, tsc, ti = FAST_CUT
+    want[f"pagepool/{typ}"] = tsc // inv                     # the cut line: printed cycles only
+    assert cyc == want
+    ns = df[(df.metric == "ns") & (df.test == f"pagepool/{typ}")]
+    assert list(ns.value) == [printed_ns(ti, inv)]
 
 
 def test_import_log_stores_one_run_per_file(tmp_path):

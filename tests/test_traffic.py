@@ -56,7 +56,7 @@ def test_build_both(bins, lt, tmp_path):
     for p in (bins.rx, bins.tx):
         assert os.access(p, os.X_OK), p
     assert len(bins.source_hash) == 64 and bins.source_hash == traffic.source_hash()
-    assert set(bins.sha256) == {"hwt_rx", "hwt_tx"}
+    assert set(bins.sha256) == {"hwt_rx", "hwt_tx", "hwt_nl"}
     assert bins.how == "controller-static"          # same architecture here
     assert bins.artifacts()["traffic_src"] == bins.source_hash
     # memoised on the connection, and a new connection finds the host cache by its stamp
@@ -103,7 +103,7 @@ def test_compiles_warning_free_and_static(tmp_path):
     r = _run(["make", "-C", tmp_path, "CFLAGS=-O2 -Werror", "static"], timeout=300)
     assert r.returncode == 0, r.stderr
     assert "warning:" not in r.stderr.lower()
-    assert not any(p.suffix == ".o" or p.name in ("hwt_rx", "hwt_tx") for p in FIX.iterdir()), \
+    assert not any(p.suffix == ".o" or p.name in traffic.PROGRAMS for p in FIX.iterdir()), \
         "build products in the source tree"
 
 

@@ -500,7 +500,7 @@ def test_ab_holds_the_pair_from_its_first_switch_to_its_end(vm_lab, lab_releases
     db = tmp_path / "r.db"
     Store.open(str(db)).close()
     ab = subprocess.Popen(CLI + ["ab", "--inventory", str(vm_lab.inv_path), "--baseline", l612, "--candidate", l61,
-                                 "--rounds", "1", "--db", str(db), "-k", "linerate and tcp"],
+                                 "--rounds", "1", "--max-rounds", "1", "--db", str(db), "-k", "linerate and tcp"],
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_quick_env())
     seen: list[tuple[float, list]] = []
     done = threading.Event()
@@ -541,3 +541,41 @@ def test_ab_holds_the_pair_from_its_first_switch_to_its_end(vm_lab, lab_releases
     assert len(during) > 8 and all(len(rows) == 2 and all(f"ab {l612} vs {l61}" in info for _, info in rows)
                                    for rows in during), [rows for rows in during if len(rows) != 2][:3]
     assert _lease_rows(db) == []
+
+
+@pytest.mark.vmlab
+def test_hwt_nl_queues_and_rings_on_virtio(vm_lab, lab_releases):
+    """deb6.12 with virtio_net: queue-get lists the data NIC's queues with no memory provider,
+    rings-get answers without header split or threshold (the driver has neither), and header
+    split setup reports Unsupported after asking the kernel, since the guest's ethtool shows n/a."""
+    import errno
+    from types import SimpleNamespace
+
+    from hwtests import nicsetup, nlclient, nlparse, traffic
+    from hwtests.journal import Journal
+
+    if "6.12" not in {labvm.series_of(r) for r in lab_releases}:
+        pytest.skip("needs a 6.12 kernel")
+    _on(vm_lab, "vm-a", "6.12")
+    host = vm_lab.host("vm-a")
+    nic = next(iter(host.nics.values()))
+    t = vm_lab.t("vm-a")
+    try:
+        bins = traffic.build(t)
+        qs = nlclient.queues(t, bins.nl, nic.ifname)
+        rx = sorted(q.id for q in qs if q.type == "rx")
+        assert rx and rx[0] == 0 and nlparse.providers(qs) == {}, qs
+        assert nlclient.wait_released(t, bins.nl, nic.ifname, rx) < 1.0
+        rings = nlclient.rings(t, bins.nl, nic.ifname)
+        assert rings.rx and rings.tcp_data_split is None and rings.hds_thresh is None, rings
+        he = SimpleNamespace(name="vm-a", t=t, nic=nic, journal=Journal(t, owner="test_vmlab"))
+        with pytest.raises(nicsetup.Unsupported, match=r"the driver reports no TCP data split \(netlink rings-get\)"):
+            nicsetup.set_header_split(he, True)
+        assert he.journal.pending() == []
+        # the request reaches the kernel's rings-set, which refuses it for this driver
+        with pytest.raises(nlclient.NlUnsupported) as ei:
+            nlclient.run(t, bins.nl, "rings-set", nic.ifname, "tcp-data-split", "on")
+        assert ei.value.errno == errno.EOPNOTSUPP, ei.value
+        print(f"6.12 virtio_net: {len(rx)} rx queue(s), rings {rings}; rings-set: {ei.value} [{ei.value.extack}]")
+    finally:
+        t.close()

@@ -5,7 +5,14 @@ Modes (test names `linerate/<mode>`):
 - `zerocopy`: RX plain recv, TX MSG_ZEROCOPY;
 - `devmem`:   RX devmem TCP into a udmabuf (header split, RSS and a flow rule steer the
               stream to a dedicated queue, all through the restore journal);
-- `zcrx`:     RX io_uring zero-copy receive (same NIC setup, host memory area).
+- `zcrx`:     RX io_uring zero-copy receive (same NIC setup, host memory area), on the NIC
+              queue only (`--zcrx-path zero-copy`: never a copy-fallback figure);
+- `zcrx-nodev`: RX io_uring zcrx registered without a NIC (ZCRX_REG_NODEV, Linux 7.1+): every
+              byte goes through the kernel's copy fallback, so its figures are functional
+              ("copy fallback, functional" in the report), stored apart from `zcrx`. Several
+              flows; each run checks the path, that every buffer went back (refills equal
+              data completions, none left unflushed). Skips naming what the kernel lacks,
+              as its zcrx query answers (no NIC setup, no capability from the probe).
 
 Each mode first runs a short functional pass whose payload the receiver validates
 (zero mismatches, else fail), then `repeat` timed runs. For each timed run:
@@ -14,7 +21,9 @@ its per-second samples; system CPU of both hosts from /proc/stat (softirq
 included) over the same window; CPU seconds per GB; % of the link speed where
 the NIC reports one. Stored as samples of `linerate/<mode>`: `gbps` (higher),
 `cpu_rx_pct` and `cpu_tx_pct` (lower), `cpu_per_gb` (lower; RX host),
-`link_pct` (higher). The traffic programs' source hash goes into the run's
+`link_pct` (higher) and, beside it, `ceiling_pct` (higher): the share of the TCP
+goodput ceiling at the data path's MTU (hwtests.goodput; MTU and ceiling in the
+sample's extra). The traffic programs' source hash goes into the run's
 artifacts and on every sample. Kernel counters of both hosts over the same window
 (TCP/IP, softnet, the data NIC's interrupts and `ethtool -S`; `hwtests.countersnap`)
 go to the store's `counters` table: they explain a result and never gate.
@@ -27,12 +36,13 @@ HWTESTS_LINERATE_FUNCTIONAL_BYTES (16 MiB), HWTESTS_LINERATE_PORT (base port, 52
 
 from __future__ import annotations
 
+import json
 import os
 import time
 
 import pytest
 
-from hwtests import counterstore, countersnap, cpustat, nicsetup
+from hwtests import counterstore, countersnap, cpustat, goodput, nicsetup
 from hwtests.errors import HwtestsError
 
 MODES = {
@@ -41,8 +51,14 @@ MODES = {
     "zerocopy": ("tcp", "zerocopy", ()),
     "devmem": ("devmem", "tcp", ("udmabuf", "net_devmem", "header_split", "ntuple", "multiqueue")),
     "zcrx": ("zcrx", "tcp", ("io_uring_zcrx", "header_split", "ntuple", "multiqueue")),
+    "zcrx-nodev": ("zcrx", "tcp", ()),
 }
 ZERO_COPY_RX = ("devmem", "zcrx")
+# modes that need the NIC set up (header split, RSS, flow rule) on the RX host
+NIC_SETUP = ("devmem", "zcrx")
+# receiver arguments per mode; flows per run where one is not enough to exercise the mode
+RX_ARGS = {"zcrx": ("--zcrx-path", "zero-copy"), "zcrx-nodev": ("--zcrx-nodev",)}
+FLOWS = {"zcrx-nodev": 4}
 MAX_DURATION = 600.0
 
 
@@ -129,6 +145,36 @@ def _link_speed_mbps(he) -> int | None:
     return int(s) if isinstance(s, (int, float)) and s > 0 else None
 
 
+MTU_TIMEOUT = 10.0
+
+
+def _mtu(he) -> int | None:
+    """The data NIC's MTU: the probe's, else read from sysfs (the probe's read may have timed out)."""
+    nic = ((he.probe or {}).get("nics") or {}).get(he.nic.ifname) or {}
+    m = nic.get("mtu")
+    if isinstance(m, int) and not isinstance(m, bool) and m > 0:
+        return m
+    try:
+        r = he.t.run(["cat", f"/sys/class/net/{he.nic.ifname}/mtu"], timeout=MTU_TIMEOUT, check=False)
+    except HwtestsError:
+        return None
+    out = r.stdout.strip()
+    return int(out) if r.exit_status == 0 and out.isdigit() and int(out) > 0 else None
+
+
+def _ceiling(rx, tx) -> tuple[goodput.Ceiling | None, dict]:
+    """The TCP goodput ceiling of the data path (the smaller MTU of the two ends) and what it rests on."""
+    mtus = {"mtu_rx": _mtu(rx), "mtu_tx": _mtu(tx)}
+    known = [m for m in mtus.values() if m]
+    if not known:
+        return None, dict(mtus, ceiling_error="MTU unknown on both hosts")
+    try:
+        c = goodput.tcp_ceiling(min(known), goodput.family_of(rx.addr))
+    except ValueError as exc:
+        return None, dict(mtus, ceiling_error=str(exc))
+    return c, dict(mtus, mtu=c.mtu, family=c.family, ceiling_pct=round(c.pct, 3))
+
+
 def _same_machine(rx, tx) -> bool:
     a, b = (rx.probe or {}).get("boot_id"), (tx.probe or {}).get("boot_id")
     return bool(a) and a == b
@@ -151,9 +197,28 @@ def _run(rx, tx, bins, rx_mode, tx_mode, port, zc, **kw):
         return traffic.run_pair(rx.t, tx.t, rx.addr, rx_mode, tx_mode, port=port, rx_bins=bins[0], tx_bins=bins[1],
                                 **zkw, **kw)
     except traffic.Unsupported as exc:
+        if rx_mode == "zcrx" and exc.role == "rx":
+            pytest.skip(traffic.zcrx_unsupported_reason(exc, (rx.probe or {}).get("kernel_release") or "?"))
         pytest.skip(f"{rx_mode}/{tx_mode}: {exc}")
     except HwtestsError as exc:
         pytest.fail(f"{rx_mode}/{tx_mode}: {exc}", pytrace=False)
+
+
+def check_zcrx(test: str, mode: str, rx: dict) -> dict:
+    """The receiver's zcrx counters, after checking that the path is the one the mode stands for
+    and that every buffer went back: refill entries equal data completions and, device-less,
+    the kernel consumed them all (flushed). Returns the counters to store with the samples."""
+    want = "nodev-copy" if mode == "zcrx-nodev" else "zero-copy"
+    assert rx.get("zcrx_path") == want, f"{test}: receiver took the {rx.get('zcrx_path')} path, not {want}"
+    assert rx.get("refill_ring_full", 0) == 0, f"{test}: refill ring overflowed ({rx.get('refill_ring_full')} times)"
+    assert rx.get("refills") == rx.get("zcrx_data_cqes"), \
+        f"{test}: {rx.get('refills')} buffers returned of {rx.get('zcrx_data_cqes')} received"
+    if want == "nodev-copy":
+        assert rx.get("refill_flushes", 0) > 0 and rx.get("refill_pending") == 0, \
+            f"{test}: refill ring not drained: {rx.get('refill_pending')} entries left after {rx.get('refill_flushes')} flushes"
+    keys = ("zcrx_path", "zcrx_cqes", "zcrx_data_cqes", "refills", "refill_flushes", "refill_pending", "rearms",
+            "cq_full_rearms", "no_buffer_rearms", "cq_entries", "area_size", "rx_buf_len", "zcrx_register_flags")
+    return {k: rx[k] for k in keys if k in rx}
 
 
 def steady_window(samples: list[float], seconds: float, t_end: float, warmup: int, cooldown: int):
@@ -204,22 +269,27 @@ def test_linerate(request, hw_pair, mode, traffic_bins, hw_record_many):
     rx_mode, tx_mode, _ = MODES[mode]
     test = f"linerate/{mode}"
     need_rx_caps(rx, MODES[mode][2])
+    run_kw = dict(rx_args=RX_ARGS.get(mode, ()), flows=FLOWS.get(mode, 1))
     bins = (_deploy(request, traffic_bins, rx), _deploy(request, traffic_bins, tx))
     src = bins[0].source_hash
     zc = None
     port = 0                       # the receiver picks a free port ...
     try:
-        if rx_mode in ZERO_COPY_RX:
+        if mode in NIC_SETUP:
             port = cfg["port"] + list(MODES).index(mode)   # ... except where a flow rule must name it
             zc = _zero_copy_setup(rx, tx, mode, port)
 
         # functional pass: a short transfer the receiver validates byte by byte
-        fres = _run(rx, tx, bins, rx_mode, tx_mode, port, zc, bytes_=cfg["functional_bytes"], duration=30)
+        fres = _run(rx, tx, bins, rx_mode, tx_mode, port, zc, bytes_=cfg["functional_bytes"], duration=30, **run_kw)
         fval = int(fres.rx.get("validated_bytes", 0))
         assert fres.mismatches == 0, f"{test}: {fres.mismatches} payload mismatches in the functional pass"
         assert fval >= cfg["functional_bytes"], f"{test}: functional pass validated {fval} bytes only"
+        if rx_mode == "zcrx":
+            fz = check_zcrx(test, mode, fres.rx)
+            request.node.user_properties.append((f"{test}:functional", json.dumps(fz, sort_keys=True)))
 
         speed = _link_speed_mbps(rx)
+        ceiling, ceiling_facts = _ceiling(rx, tx) if speed else (None, {})
         shared = _same_machine(rx, tx)
         samples: list = []
         counters: list = []
@@ -232,7 +302,7 @@ def test_linerate(request, hw_pair, mode, traffic_bins, hw_record_many):
                    for role, he in (("rx", rx), ("tx", tx))}
             done = False
             try:
-                res = _run(rx, tx, bins, rx_mode, tx_mode, port, zc, duration=cfg["duration"])
+                res = _run(rx, tx, bins, rx_mode, tx_mode, port, zc, duration=cfg["duration"], **run_kw)
                 t_end = time.time()
                 done = True
             finally:
@@ -244,6 +314,7 @@ def test_linerate(request, hw_pair, mode, traffic_bins, hw_record_many):
                             raise
                         # the transfer failed already (a host gone, say): that is the error to report
             assert res.mismatches == 0, f"{test}: repetition {rep}: {res.mismatches} payload mismatches"
+            zcrx = check_zcrx(f"{test}: repetition {rep}", mode, res.rx) if rx_mode == "zcrx" else None
             steady, gbps, (w0, w1) = steady_window(res.rx.get("samples") or [], float(res.rx.get("seconds") or 0),
                                                    t_end, int(cfg["warmup"]), int(cfg["cooldown"]))
             assert steady, (f"{test}: repetition {rep}: no steady-state samples left of "
@@ -261,6 +332,9 @@ def test_linerate(request, hw_pair, mode, traffic_bins, hw_record_many):
                      "zc_copied": res.tx.get("zc_copied")}
             if zc is not None:
                 extra.update({"queue": zc.queue, "flow_rule": zc.rule, "nic_changes": zc.changed})
+            if zcrx is not None:
+                extra["zcrx"] = zcrx
+                extra["flows"] = run_kw["flows"]
             common = dict(test=test, repetition=rep, boot_id=(rx.probe or {}).get("boot_id"), host=rx.name)
             if cpu_rx is not None:
                 extra["cpu_rx"] = {k: round(v, 2) for k, v in cpu_rx.pct.items()}
@@ -279,9 +353,13 @@ def test_linerate(request, hw_pair, mode, traffic_bins, hw_record_many):
                 samples.append(Sample(metric="cpu_tx_pct", value=cpu_tx.busy_pct, unit="%", better="lower",
                                       extra={"traffic_src": src, "pct": extra["cpu_tx"]},
                                       **dict(common, host=tx.name, boot_id=(tx.probe or {}).get("boot_id"))))
-            if speed:
+            if speed and mode != "zcrx-nodev":     # copies every byte: no share of a line rate
+                link_extra = {"speed_mbps": speed, "traffic_src": src, **ceiling_facts}
                 samples.append(Sample(metric="link_pct", value=100.0 * gbps * 1000 / speed, unit="%",
-                                      better="higher", extra={"speed_mbps": speed, "traffic_src": src}, **common))
+                                      better="higher", extra=link_extra, **common))
+                if ceiling is not None:
+                    samples.append(Sample(metric="ceiling_pct", value=goodput.share_of_ceiling(gbps, speed, ceiling),
+                                          unit="%", better="higher", extra=link_extra, **common))
             counters += _counter_rows(test, rep, ctr, rx, tx, w0, w1)
             retrans = next((c.value for c in counters if c.repetition == rep and c.role == "tx"
                             and c.name == "net.Tcp.RetransSegs"), None)
@@ -289,6 +367,9 @@ def test_linerate(request, hw_pair, mode, traffic_bins, hw_record_many):
                            + (f", CPU rx {cpu_rx.busy_pct:.0f}% (softirq {cpu_rx.pct['softirq']:.0f}%)"
                               if cpu_rx else ", CPU rx n/a")
                            + (f", tx {cpu_tx.busy_pct:.0f}%" if cpu_tx else ", tx n/a")
+                           + (f", {int(res.rx.get('bytes', 0)) / 1e9:.3f} GB in {zcrx.get('zcrx_data_cqes')} completions, "
+                              f"{zcrx.get('refills')} refills, {zcrx.get('refill_flushes')} flushes, "
+                              f"{zcrx.get('rearms')} re-arms" if zcrx else "")
                            + (f", retransmits {retrans:.0f}" if retrans is not None else ""))
         hw_record_many(samples)
         counterstore.record(_session(request), hw_pair.name, counters)

@@ -4,7 +4,8 @@ Like `cpustat.CpuSampler`: a bounded loop on the host takes a snapshot every int
 (default 1 s) while traffic runs; afterwards the first snapshot at/after the window's
 start and the last at/before its end are read back, so the counters cover exactly the
 seconds the throughput was measured over (warm-up and cool-down dropped). Each snapshot
-is one small shell script (every /proc file and `ethtool -S` of the data NIC) written
+is one small shell script (every /proc file, `ethtool -S` of the data NIC and, where the
+traffic programs are deployed, the NIC's per-queue counters through `hwt_nl qstats`) written
 to a file in the transport's private temp dir; the loop prints only `T <epoch> <index>`
 after a snapshot is whole, so a snapshot torn by the stop is never used and only two
 snapshots cross the wire.
@@ -24,12 +25,13 @@ import posixpath
 from dataclasses import dataclass, field
 
 from . import counters as C
+from . import nlparse
 from .cpustat import clock_offset
 from .errors import HwtestsError
 
 # One snapshot of every counter source; $1 is the interface. Sections `@@ name`, each
 # closed by `@@ rc <exit status>` of the command that printed it.
-SNAPSHOT = r'''IF=$1
+SNAPSHOT = r'''IF=$1 NL=$2
 sec() { echo "@@ $1"; }
 sec netstat; cat /proc/net/netstat 2>&1; echo "@@ rc $?"
 sec snmp; cat /proc/net/snmp 2>&1; echo "@@ rc $?"
@@ -40,12 +42,15 @@ sec device; readlink -f "/sys/class/net/$IF/device" 2>/dev/null; echo "@@ rc 0"
 sec ethtool
 if command -v ethtool >/dev/null 2>&1; then ethtool -S "$IF" 2>&1; echo "@@ rc $?"
 else echo "ethtool not installed"; echo "@@ rc 127"; fi
+sec qstats
+if [ -n "$NL" ] && [ -x "$NL" ]; then "$NL" qstats "$IF" 2>&1; echo "@@ rc $?"
+else echo "hwt_nl not deployed on this host"; echo "@@ rc 127"; fi
 '''
 
-# Bounded loop: $1 dir, $2 count, $3 interval, $4 interface. A snapshot's time is taken
-# before it, its T line printed once its file is whole.
+# Bounded loop: $1 dir, $2 count, $3 interval, $4 interface, $5 the snapshot script, $6 hwt_nl
+# (or ""). A snapshot's time is taken before it, its T line printed once its file is whole.
 _LOOP = ('d=$1; n=$2; iv=$3; i=0; while [ "$i" -lt "$n" ]; do t=$(date +%s.%N); '
-         'sh -c "$5" sh "$4" > "$d/s.$i" 2>&1; echo "T $t $i"; i=$((i+1)); sleep "$iv"; done')
+         'sh -c "$5" sh "$4" "$6" > "$d/s.$i" 2>&1; echo "T $t $i"; i=$((i+1)); sleep "$iv"; done')
 
 SNAPSHOT_TIMEOUT = 30.0
 
@@ -61,6 +66,7 @@ class HostSnapshot:
     msi_irqs: frozenset[str] = frozenset()
     device: str = ""                                          # resolved sysfs path of the NIC's device
     ethtool: dict[str, int] | None = None
+    qstats: list[nlparse.QueueStats] | None = None            # per-queue counters (netdev qstats-get)
     missing: dict[str, str] = field(default_factory=dict)     # source -> reason
 
 
@@ -89,7 +95,9 @@ def split_sections(text: str) -> dict[str, tuple[str, int]]:
 
 def _why(body: str, rc: int) -> str:
     first = next((ln.strip() for ln in body.splitlines() if ln.strip()), "")
-    return first or (f"exit {rc}" if rc else "no output")
+    if first:
+        return first
+    return "no output (the snapshot was cut short)" if rc == -1 else (f"exit {rc}" if rc else "no output")
 
 
 def parse_snapshot(text: str, ifname: str = "", time: float | None = None) -> HostSnapshot:
@@ -129,7 +137,40 @@ def parse_snapshot(text: str, ifname: str = "", time: float | None = None) -> Ho
         snap.ethtool = C.parse_ethtool_stats(body, src)
     except C.CounterFormatError as exc:
         snap.missing["ethtool"] = str(exc)
+    body, rc = sec.get("qstats", ("", -1))
+    try:
+        if rc != 0:
+            fail = nlparse.failure(body) or {}
+            why = fail.get("unsupported") or fail.get("error") or _why(body, rc)
+            raise nlparse.NlParseError(f"hwt_nl qstats {ifname}: {why}")
+        snap.qstats = nlparse.parse_qstats(body)
+    except nlparse.NlParseError as exc:
+        snap.missing["qstats"] = str(exc)
     return snap
+
+
+QSTATS_FIELDS = ("rx_bytes", "rx_packets", "tx_bytes", "tx_packets")
+
+
+def qstats_rows(before: list[nlparse.QueueStats], after: list[nlparse.QueueStats]) -> list[CounterRow]:
+    """Per-queue deltas `qstats.<type><id>.<field>` and their sums `qstats.<field>` (pure); a field the
+    driver does not count is left out, the sum unavailable when a queue's delta is."""
+    b = {(q.type, q.id): q for q in before}
+    rows: list[CounterRow] = []
+    sums: dict[str, list[C.Value]] = {}
+    for q in after:
+        old = b.get((q.type, q.id))
+        for f in QSTATS_FIELDS:
+            nv = getattr(q, f)
+            if nv is None:
+                continue
+            d = C.delta(getattr(old, f) if old is not None else None, nv)
+            rows.append(_row(f"qstats.{q.type}{q.id}.{f}", d))
+            sums.setdefault(f, []).append(d)
+    for f, ds in sums.items():
+        bad = next((d for d in ds if not d.ok), None)
+        rows.append(_row(f"qstats.{f}", bad if bad is not None else C.Value(sum(d.value for d in ds))))
+    return rows
 
 
 # -- deltas as rows ---------------------------------------------------------------------------
@@ -157,7 +198,8 @@ def host_rows(before: HostSnapshot, after: HostSnapshot, ifname: str, driver: st
 
     Names: `net.<Prefix>.<Name>` (netstat/snmp, the kernel's own names), `softnet.<counter>`
     (summed over CPUs) and `softnet.<counter>.worst` / `.worst_cpu`, `irq.total`,
-    `irq.worst_cpu_count` / `irq.worst_cpu`, `irq.<n>:<name>` per NIC line, `ethtool.<stat>`.
+    `irq.worst_cpu_count` / `irq.worst_cpu`, `irq.<n>:<name>` per NIC line, `ethtool.<stat>`,
+    `qstats.<rx|tx><queue>.<field>` and `qstats.<field>` summed over queues.
     """
     rows: list[CounterRow] = []
     # TCP/IP
@@ -191,6 +233,12 @@ def host_rows(before: HostSnapshot, after: HostSnapshot, ifname: str, driver: st
             rows.append(CounterRow("ethtool.changed", 0.0, "count", ""))
     else:
         rows.append(_gone("ethtool", after.missing.get("ethtool") or before.missing.get("ethtool") or "not read"))
+    # per-queue counters over netlink (hwt_nl)
+    if before.qstats is not None and after.qstats is not None:
+        q = qstats_rows(before.qstats, after.qstats)
+        rows += q or [_gone("qstats", "the driver reports no per-queue counters")]
+    else:
+        rows.append(_gone("qstats", after.missing.get("qstats") or before.missing.get("qstats") or "not read"))
     return rows
 
 
@@ -226,9 +274,11 @@ class CounterSampler:
         rows = s.rows_between(t0, t1, driver="veth")     # controller time.time() values
     """
 
-    def __init__(self, t, ifname: str, interval: float = 1.0, max_seconds: float = 600.0, name: str = "counters"):
+    def __init__(self, t, ifname: str, interval: float = 1.0, max_seconds: float = 600.0, name: str = "counters",
+                 nl: str = ""):
         self.t = t
         self.ifname = ifname
+        self.nl = nl                      # hwt_nl on the host (per-queue qstats), "" without
         self.interval = float(interval)
         self.count = int(max_seconds / interval) + 2
         self.name = name
@@ -243,7 +293,7 @@ class CounterSampler:
         self.dir = posixpath.join(self.t.tmpdir, f"{self.name}-{id(self):x}")
         self.t.run(["mkdir", "-p", self.dir], timeout=15)
         self.bg = self.t.start(["sh", "-c", _LOOP, "sh", self.dir, str(self.count), f"{self.interval:g}",
-                                self.ifname, SNAPSHOT], name=self.name)
+                                self.ifname, SNAPSHOT, self.nl], name=self.name)
         return self
 
     def stop(self) -> list[tuple[float, int]]:

@@ -265,17 +265,20 @@ def test_perf_hybrid_pmus_summed_and_not_counted():
 
 # -- a whole snapshot ---------------------------------------------------------------------------------
 
-def _snap(netstat, snmp, softnet, interrupts, ethtool, ethtool_rc=0, msi="", device=""):
+def _snap(netstat, snmp, softnet, interrupts, ethtool, ethtool_rc=0, msi="", device="", qstats=None):
     return (f"@@ netstat\n{netstat}@@ rc 0\n@@ snmp\n{snmp}@@ rc 0\n@@ softnet\n{softnet}@@ rc 0\n"
             f"@@ interrupts\n{interrupts}@@ rc 0\n@@ msi\n{msi}\n@@ rc 0\n@@ device\n{device}\n@@ rc 0\n"
-            f"@@ ethtool\n{ethtool}@@ rc {ethtool_rc}\n")
+            f"@@ ethtool\n{ethtool}@@ rc {ethtool_rc}\n"
+            + (f"@@ qstats\n{qstats}@@ rc 0\n" if qstats else "@@ qstats\nhwt_nl not deployed on this host\n@@ rc 127\n"))
 
 
 def test_snapshot_rows_for_a_physical_nic():
     a = S.parse_snapshot(_snap(NETSTAT_A, SNMP_A, SOFTNET_15_A, INTERRUPTS_A, ETHTOOL_A, msi="98\n99\n100",
-                               device="/sys/devices/pci0000:00/0000:00:02.0/0000:08:00.0"), "enp8s0f0np0")
+                               device="/sys/devices/pci0000:00/0000:00:02.0/0000:08:00.0", qstats=QSTATS_A),
+                         "enp8s0f0np0")
     b = S.parse_snapshot(_snap(NETSTAT_B, SNMP_B, SOFTNET_15_B, INTERRUPTS_B, ETHTOOL_B, msi="98\n99\n100",
-                               device="/sys/devices/pci0000:00/0000:00:02.0/0000:08:00.0"), "enp8s0f0np0")
+                               device="/sys/devices/pci0000:00/0000:00:02.0/0000:08:00.0", qstats=QSTATS_B),
+                         "enp8s0f0np0")
     assert not a.missing
     rows = {r.name: r for r in S.host_rows(a, b, "enp8s0f0np0", "mlx5_core")}
     assert rows["net.Tcp.RetransSegs"].value == 27 and rows["net.TcpExt.TCPOFOQueue"].value == 300
@@ -283,6 +286,7 @@ def test_snapshot_rows_for_a_physical_nic():
     assert rows["irq.total"].value == 1401 and rows["irq.worst_cpu"].value == 1
     assert rows["irq.99:mlx5_comp0@pci:0000:08:00.0"].value == 500
     assert rows["ethtool.rx_out_of_buffer"].value == 7 and "ethtool.tx_packets" not in rows
+    assert rows["qstats.rx_bytes"].value == 1003000
 
 
 def test_snapshot_veth_no_irq_lines_and_no_ethtool():
@@ -306,6 +310,38 @@ def test_snapshot_missing_files_are_reasons():
     rows = {r.name: r for r in S.host_rows(s, s, "eth0")}
     assert rows["softnet.processed"].value is None and "No such file" in rows["softnet.processed"].reason
     assert rows["irq.total"].value is None
+
+
+QSTATS_A = ('{"cmd": "qstats", "ifindex": 4, "qstats": [{"ifindex": 4, "queue-type": "rx", "queue-id": 0, '
+            '"rx-packets": 9976, "rx-bytes": 418034029}, {"ifindex": 4, "queue-type": "rx", "queue-id": 1, '
+            '"rx-packets": 10, "rx-bytes": 1000}, {"ifindex": 4, "queue-type": "tx", "queue-id": 0, '
+            '"tx-packets": 5053, "tx-bytes": 505484, "attr-33": 0}]}\n')
+QSTATS_B = ('{"cmd": "qstats", "ifindex": 4, "qstats": [{"ifindex": 4, "queue-type": "rx", "queue-id": 0, '
+            '"rx-packets": 10976, "rx-bytes": 419034029}, {"ifindex": 4, "queue-type": "rx", "queue-id": 1, '
+            '"rx-packets": 12, "rx-bytes": 4000}, {"ifindex": 4, "queue-type": "tx", "queue-id": 0, '
+            '"tx-packets": 5063, "tx-bytes": 506484, "attr-33": 0}]}\n')
+
+
+def test_snapshot_qstats_per_queue_and_summed():
+    a = S.parse_snapshot("@@ qstats\n" + QSTATS_A + "@@ rc 0\n", "eth0")
+    b = S.parse_snapshot("@@ qstats\n" + QSTATS_B + "@@ rc 0\n", "eth0")
+    rows = {r.name: r.value for r in S.qstats_rows(a.qstats, b.qstats)}
+    assert rows["qstats.rx0.rx_bytes"] == 1000000 and rows["qstats.rx1.rx_packets"] == 2
+    assert rows["qstats.rx_bytes"] == 1003000 and rows["qstats.tx_packets"] == 10
+    assert "qstats.tx0.rx_bytes" not in rows            # not counted by the driver: left out, not 0
+    # a queue whose counter went back (reset by a channel change): its sum unavailable
+    rows = {r.name: r for r in S.qstats_rows(b.qstats, a.qstats)}
+    assert rows["qstats.rx_bytes"].value is None and "backwards" in rows["qstats.rx_bytes"].reason
+
+
+def test_snapshot_qstats_unsupported_or_not_deployed():
+    s = S.parse_snapshot('@@ qstats\n{"unsupported": "netdev qstats-get: Operation not supported", '
+                         '"errno": 95}\n@@ rc 4\n', "veth0")
+    assert s.qstats is None and s.missing["qstats"] == "hwt_nl qstats veth0: netdev qstats-get: Operation not supported"
+    s = S.parse_snapshot("@@ qstats\nhwt_nl not deployed on this host\n@@ rc 127\n", "veth0")
+    assert s.missing["qstats"].endswith("hwt_nl not deployed on this host")
+    rows = {r.name: r for r in S.host_rows(s, s, "veth0")}
+    assert rows["qstats"].value is None and "not deployed" in rows["qstats"].reason
 
 
 def test_sampler_times_and_window():
@@ -399,6 +435,9 @@ def test_linerate_stores_counters_of_both_hosts(linerate_counters):
             irq = by[(role, rep, "irq.total")]
             assert irq["value"] is None and irq["reason"].startswith("no interrupt lines for veth"), irq
             assert any(n.startswith("ethtool") for (ro, rp, n) in by if ro == role and rp == rep)
+            # per-queue counters through the deployed hwt_nl: veth's answer depends on the kernel
+            q = [c for (ro, rp, n), c in by.items() if ro == role and rp == rep and n.startswith("qstats")]
+            assert q and all(c["value"] is not None or "hwt_nl qstats" in c["reason"] for c in q), q
         # the receiver took in about what the throughput says, over the same window
         rx_bytes = by[("rx", rep, "net.IpExt.InOctets")]["value"]
         g = float(gbps[gbps["repetition"] == rep]["value"].iloc[0])

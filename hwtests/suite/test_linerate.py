@@ -25,7 +25,8 @@ the NIC reports one. Stored as samples of `linerate/<mode>`: `gbps` (higher),
 goodput ceiling at the data path's MTU (hwtests.goodput; MTU and ceiling in the
 sample's extra). The traffic programs' source hash goes into the run's
 artifacts and on every sample. Kernel counters of both hosts over the same window
-(TCP/IP, softnet, the data NIC's interrupts and `ethtool -S`; `hwtests.countersnap`)
+(TCP/IP, softnet, the data NIC's interrupts, `ethtool -S` and per-queue qstats;
+`hwtests.countersnap`)
 go to the store's `counters` table: they explain a result and never gate.
 
 Knobs (environment; short defaults for the lab, every run bounded):
@@ -298,8 +299,8 @@ def test_linerate(request, hw_pair, mode, traffic_bins, hw_record_many):
             srx = cpustat.CpuSampler(rx.t, interval=0.5, max_seconds=cfg["duration"] + 90, name="cpustat-rx").start()
             stx = cpustat.CpuSampler(tx.t, interval=0.5, max_seconds=cfg["duration"] + 90, name="cpustat-tx").start()
             ctr = {role: countersnap.CounterSampler(he.t, he.nic.ifname, interval=0.5, max_seconds=cfg["duration"] + 90,
-                                                    name=f"counters-{role}").start()
-                   for role, he in (("rx", rx), ("tx", tx))}
+                                                    name=f"counters-{role}", nl=b.nl).start()
+                   for role, he, b in (("rx", rx, bins[0]), ("tx", tx, bins[1]))}
             done = False
             try:
                 res = _run(rx, tx, bins, rx_mode, tx_mode, port, zc, duration=cfg["duration"], **run_kw)

@@ -48,9 +48,11 @@ else echo "hwt_nl not deployed on this host"; echo "@@ rc 127"; fi
 '''
 
 # Bounded loop: $1 dir, $2 count, $3 interval, $4 interface, $5 the snapshot script, $6 hwt_nl
-# (or ""). A snapshot's time is taken before it, its T line printed once its file is whole.
-_LOOP = ('d=$1; n=$2; iv=$3; i=0; while [ "$i" -lt "$n" ]; do t=$(date +%s.%N); '
+# (or ""). A snapshot's time (seconds since boot: busybox's date has no %N) is taken before
+# it, its T line printed once its file is whole.
+_LOOP = ('d=$1; n=$2; iv=$3; i=0; while [ "$i" -lt "$n" ]; do read t _ < /proc/uptime; '
          'sh -c "$5" sh "$4" "$6" > "$d/s.$i" 2>&1; echo "T $t $i"; i=$((i+1)); sleep "$iv"; done')
+UPTIME = ("cat", "/proc/uptime")
 
 SNAPSHOT_TIMEOUT = 30.0
 
@@ -218,8 +220,9 @@ def host_rows(before: HostSnapshot, after: HostSnapshot, ifname: str, driver: st
             if c in sd.worst:
                 cpu, v = sd.worst[c]
                 rows.append(_row(f"softnet.{c}.worst", v))
-                rows.append(CounterRow(f"softnet.{c}.worst_cpu", float(cpu), "cpu",
-                                       "line position (this kernel prints no CPU id)" if by_pos else ""))
+                if v.value:             # no CPU is the worst of all zeros
+                    rows.append(CounterRow(f"softnet.{c}.worst_cpu", float(cpu), "cpu",
+                                           "line position (this kernel prints no CPU id)" if by_pos else ""))
     else:
         why = after.missing.get("softnet") or before.missing.get("softnet") or "not read"
         rows += [_gone(f"softnet.{c}", why) for c in C.SOFTNET_COUNTERS]
@@ -257,8 +260,9 @@ def _irq_rows(before: HostSnapshot, after: HostSnapshot, ifname: str, driver: st
     if good and d.total.ok:
         cpu, v = max(good, key=lambda cv: cv[1].value)
         rows.append(_row("irq.worst_cpu_count", v))
-        rows.append(CounterRow("irq.worst_cpu", float(cpu[3:]) if cpu[3:].isdigit() else None, "cpu",
-                               "" if cpu[3:].isdigit() else f"CPU named {cpu}"))
+        if v.value:
+            rows.append(CounterRow("irq.worst_cpu", float(cpu[3:]) if cpu[3:].isdigit() else None, "cpu",
+                                   "" if cpu[3:].isdigit() else f"CPU named {cpu}"))
     rows += [_row(f"irq.{k}", v) for k, v in d.per_line.items()]
     return rows
 
@@ -289,7 +293,7 @@ class CounterSampler:
         self.error = ""
 
     def start(self) -> "CounterSampler":
-        self.offset = clock_offset(self.t)
+        self.offset = clock_offset(self.t, cmd=UPTIME)
         self.dir = posixpath.join(self.t.tmpdir, f"{self.name}-{id(self):x}")
         self.t.run(["mkdir", "-p", self.dir], timeout=15)
         self.bg = self.t.start(["sh", "-c", _LOOP, "sh", self.dir, str(self.count), f"{self.interval:g}",

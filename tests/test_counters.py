@@ -298,7 +298,10 @@ def test_snapshot_veth_no_irq_lines_and_no_ethtool():
     assert rows["irq.total"].reason == "no interrupt lines for veth (veth0) in /proc/interrupts"
     assert rows["ethtool"].value is None and "no stats available" in rows["ethtool"].reason
     assert rows["net.Tcp.RetransSegs"].value == 0
-    assert "line position" in rows["softnet.processed.worst_cpu"].reason
+    assert "softnet.processed.worst_cpu" not in rows         # nothing moved: no CPU is the worst
+    later = S.parse_snapshot(text.replace("00000020 00000000 00000003", "00000030 00000000 00000003"), "veth0")
+    rows = {r.name: r for r in S.host_rows(a, later, "veth0", "veth")}
+    assert rows["softnet.processed.worst_cpu"].value == 1 and "line position" in rows["softnet.processed.worst_cpu"].reason
 
 
 def test_snapshot_missing_files_are_reasons():
@@ -575,3 +578,55 @@ def test_report_shows_counters_under_the_verdict(tmp_path):
     cells = [html.unescape(re.sub(r"<[^>]+>", "", c)).strip() for c in re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)]
     assert cells[-3:] == ["9", "27.5", "x3.1"]
     assert "no interrupt lines for veth" in sec
+
+
+# -- the VM lab: a virtio NIC with interrupt lines and queue counters, a guest without perf -----------------
+
+@pytest.mark.vmlab
+def test_vm_lab_virtio_counters_and_no_perf(tmp_path):
+    """Real Debian 6.12 guests (QEMU TCG): the line-rate counters find virtio_net's interrupt lines
+    (by the device's msi_irqs: their names hold no interface name) and its per-queue qstats;
+    the page_pool loads store perf as unavailable (the busybox guests have no perf)."""
+    from conftest import unavailable
+    from hwtests import labvm
+    from hwtests.errors import HwtestsError
+
+    try:
+        labvm.preflight()
+        rel = next((r for r in labvm.default_releases() if labvm.series_of(r) == "6.12"), None)
+    except HwtestsError as exc:
+        unavailable(f"VM lab: {exc}")
+    if rel is None:
+        unavailable("VM lab: no Debian 6.12 kernel among the lab's builds")
+    state = tmp_path / "lab"
+    try:
+        inv = labvm.up(state, kernels=[rel], progress=lambda s: None)
+    except HwtestsError as exc:
+        unavailable(f"VM lab cannot be built: {exc}")
+    db = tmp_path / "results.db"
+    label = next(iter(labvm.labels_for([rel])))
+    try:
+        env = dict(os.environ, HWTESTS_LINERATE_DURATION="6", HWTESTS_LINERATE_REPEAT="1",
+                   HWTESTS_PP_LOOPS="5000", HWTESTS_PP_REPEAT="1")
+        r = run_cli("run", "--inventory", str(inv), "--kernel-build", label, "-k", "(linerate and tcp) or pagepool",
+                    "--db", str(db), "-p", "no:cacheprovider", env=env, timeout=1200)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    finally:
+        labvm.down(state)
+    st = Store.open(str(db), create=False)
+    try:
+        got = counterstore.rows(st, labels=[label])
+    finally:
+        st.close()
+    by = {(c["test"], c["role"], c["name"]): c for c in got}
+    for role in ("rx", "tx"):
+        assert by[("linerate/tcp", role, "irq.total")]["value"] > 0
+        lines = [n for (t, ro, n) in by if t == "linerate/tcp" and ro == role and n.startswith("irq.")
+                 and "virtio" in n and "-input." in n]
+        assert lines, by.keys()
+        assert by[("linerate/tcp", role, "softnet.processed")]["value"] > 0
+    rx_q = by[("linerate/tcp", "rx", "qstats.rx_bytes")]["value"]
+    rx_ip = by[("linerate/tcp", "rx", "net.IpExt.InOctets")]["value"]
+    assert 0.5 < rx_q / rx_ip < 1.5, (rx_q, rx_ip)          # the queue counted what IP received
+    perf = [c for c in got if c["test"] == "pagepool" and c["name"].startswith("perf.")]
+    assert len(perf) == 8 and all(c["value"] is None and c["reason"] == "perf not installed on vm-a" for c in perf)

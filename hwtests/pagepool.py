@@ -346,6 +346,7 @@ class RunResult:
     duration: float = 0.0            # seconds insmod took
     seq_from: int = -1               # kmsg records with a larger sequence number are this load's
     perf: dict[str, counters.Value] = field(default_factory=dict)   # perf stat of the bench module's insmod
+    cpu: int | None = None           # the CPU insmod was pinned to (None: not pinned)
 
     def perf_rows(self) -> list[tuple[str, counters.Value, str]]:
         """(name, value, unit): `perf.<event>` per load and `perf.<event>_per_element` over the
@@ -582,6 +583,7 @@ def run_bench(t: Transport, source: str | Path | SourceTree | Sequence[str | Pat
     _unload(t, modules, strict=True)          # left loaded by an earlier run
 
     no_perf = perf_blocker(t, f) if perf else "perf stat not asked for"
+    pinned = int(cpu) if cpu is not None and f.get("have_taskset") == "1" else None
     perf_out = posixpath.join(t.tmpdir, "pp-perf-stat.csv")
 
     params = {"loops": int(loops), "run_flags": int(run_flags)}
@@ -599,8 +601,8 @@ def run_bench(t: Transport, source: str | Path | SourceTree | Sequence[str | Pat
                     if no_perf is None:
                         cmd = ["perf", "stat", "-x,", "-e", ",".join(counters.PERF_EVENTS), "-o", perf_out,
                                "--"] + cmd
-                    if cpu is not None and f.get("have_taskset") == "1":
-                        cmd = ["taskset", "-c", str(int(cpu))] + cmd
+                    if pinned is not None:
+                        cmd = ["taskset", "-c", str(pinned)] + cmd
                 r = t.run(cmd, check=False, timeout=load_timeout)
                 if not r.ok:
                     new = records_after(read_kmsg(t), before)
@@ -614,7 +616,7 @@ def run_bench(t: Transport, source: str | Path | SourceTree | Sequence[str | Pat
             _unload(t, modules, strict=True)
             parsed = timebench.parse(log)
             rr = RunResult(rep, parsed.records, parsed.warnings, log, boot_id, release, bench, kind,
-                           dict(params), dict(artifacts), dur, before, _perf_counts(t, perf_out, no_perf))
+                           dict(params), dict(artifacts), dur, before, _perf_counts(t, perf_out, no_perf), pinned)
             say(f"{t.name}: {bench} load {k + 1}/{total}: {timebench.summary(parsed)} in {dur:.1f} s")
             if rep >= 0 or keep_warmup:
                 out.append(rr)

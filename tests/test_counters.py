@@ -424,8 +424,11 @@ def test_linerate_stores_counters_of_both_hosts(linerate_counters):
     try:
         got = counterstore.rows(st, labels=["lab-ctr"])
         gbps = st.samples(labels=["lab-ctr"], metric="gbps")
+        runs = st.runs(labels=["lab-ctr"])
     finally:
         st.close()
+    # the inventory's pinning is in the run's environment (the lab pins nothing but the page_pool load)
+    assert [h.env["pin"] for h in runs[0].hosts] == [{"pagepool_cpu": 0, "rx_cpus": None, "tx_cpus": None}] * 2
     assert len(gbps) == 2 and (gbps["value"] > 0).all()
     by = {(c["role"], c["repetition"], c["name"]): c for c in got}
     assert {c["test"] for c in got} == {"linerate/tcp"}

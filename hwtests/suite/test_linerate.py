@@ -33,6 +33,7 @@ Knobs (environment; short defaults for the lab, every run bounded):
 HWTESTS_LINERATE_DURATION (s per timed run, 5), HWTESTS_LINERATE_REPEAT (3),
 HWTESTS_LINERATE_WARMUP (1), HWTESTS_LINERATE_COOLDOWN (1),
 HWTESTS_LINERATE_FUNCTIONAL_BYTES (16 MiB), HWTESTS_LINERATE_PORT (base port, 5201).
+The inventory's `pin: rx_cpus / tx_cpus` run the receiver and sender under `taskset -c`.
 """
 
 from __future__ import annotations
@@ -196,7 +197,7 @@ def _run(rx, tx, bins, rx_mode, tx_mode, port, zc, **kw):
     zkw = dict(ifname=rx.nic.ifname, queue=zc.queue) if zc is not None else {}
     try:
         return traffic.run_pair(rx.t, tx.t, rx.addr, rx_mode, tx_mode, port=port, rx_bins=bins[0], tx_bins=bins[1],
-                                **zkw, **kw)
+                                rx_cpus=rx.host.pin.rx_cpus, tx_cpus=tx.host.pin.tx_cpus, **zkw, **kw)
     except traffic.Unsupported as exc:
         if rx_mode == "zcrx" and exc.role == "rx":
             pytest.skip(traffic.zcrx_unsupported_reason(exc, (rx.probe or {}).get("kernel_release") or "?"))
@@ -329,7 +330,7 @@ def test_linerate(request, hw_pair, mode, traffic_bins, hw_record_many):
                      "per_second_gbps": [round(x, 4) for x in res.rx.get("samples") or []],
                      "steady_gbps": [round(x, 4) for x in steady], "duration": cfg["duration"],
                      "warmup": cfg["warmup"], "cooldown": cfg["cooldown"], "rx_mode": rx_mode, "tx_mode": tx_mode,
-                     "shared_cpu": shared, "zc_completions": res.tx.get("zc_completions"),
+                     "shared_cpu": shared, "pin": {"rx_cpus": rx.host.pin.rx_cpus, "tx_cpus": tx.host.pin.tx_cpus}, "zc_completions": res.tx.get("zc_completions"),
                      "zc_copied": res.tx.get("zc_copied")}
             if zc is not None:
                 extra.update({"queue": zc.queue, "flow_rule": zc.rule, "nic_changes": zc.changed})

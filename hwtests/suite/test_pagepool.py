@@ -19,7 +19,9 @@ options on or its CPU frequency governor is not `performance`.
 
 Tuning through the environment: HWTESTS_PP_LOOPS (default 10000000),
 HWTESTS_PP_REPEAT (10), HWTESTS_PP_RUN_FLAGS (0xffffffff), HWTESTS_PP_CPU (pin
-insmod to this CPU), HWTESTS_PP_TIMEOUT (seconds per load, 900).
+insmod to this CPU; else the inventory's `pin: pagepool_cpu`, default 0 as published:
+`taskset -c 0 insmod`), HWTESTS_PP_TIMEOUT (seconds per load, 900). The CPU a load
+really ran pinned to (None: no taskset on the host) is in every sample's extra.
 """
 
 from __future__ import annotations
@@ -108,7 +110,8 @@ def test_pagepool_fast_path(request, rx_host, hw_record_many):
     loops = _int_env("HWTESTS_PP_LOOPS", pagepool.DEFAULT_LOOPS)
     repeat = _int_env("HWTESTS_PP_REPEAT", 10)
     run_flags = _int_env("HWTESTS_PP_RUN_FLAGS", pagepool.ALL_FLAGS)
-    cpu = os.environ.get("HWTESTS_PP_CPU", "").strip()
+    cpu = os.environ.get("HWTESTS_PP_CPU", "").strip() or (
+        str(he.host.pin.pagepool_cpu) if he.host.pin.pagepool_cpu is not None else "")
     timeout = _int_env("HWTESTS_PP_TIMEOUT", int(pagepool.LOAD_TIMEOUT))
     try:
         src = pagepool.source_for_host(he.t, he.host.pagepool_src)
@@ -132,7 +135,7 @@ def test_pagepool_fast_path(request, rx_host, hw_record_many):
     for rr in results:
         samples += pagepool.to_samples(rr.records, repetition=rr.repetition, boot_id=rr.boot_id, host=he.name,
                                        module=rr.module, source=rr.source_kind, kernel=rr.kernel_release,
-                                       loops=rr.params["loops"])
+                                       loops=rr.params["loops"], cpu=rr.cpu)
         for w in rr.warnings:
             key = (w.reason, " ".join(w.text.split()[-4:]))
             if key not in seen:

@@ -29,8 +29,11 @@ from . import nlparse
 from .cpustat import clock_offset
 from .errors import HwtestsError
 
-# One snapshot of every counter source; $1 is the interface. Sections `@@ name`, each
-# closed by `@@ rc <exit status>` of the command that printed it.
+# One snapshot of every counter source; $1 is the interface, $2 hwt_nl (or ""). Sections
+# `@@ name`, each closed by `@@ rc <exit status>` of the command that printed it.
+# Hook for page_pool stats (netdev page-pool-stats-get): once hwt_nl answers them, add a
+# section `"$NL" <its command> "$IF"` here, its pure parser beside nlparse.parse_qstats, and
+# rows `pp.<pool id>.<counter>` in host_rows (deltas through counters.deltas), as qstats does.
 SNAPSHOT = r'''IF=$1 NL=$2
 sec() { echo "@@ $1"; }
 sec netstat; cat /proc/net/netstat 2>&1; echo "@@ rc $?"

@@ -13,7 +13,7 @@ HWT     = $(VENV)/bin/hwtests
 APT_PACKAGES = openssh-server openssh-client iperf3 ethtool iproute2 iputils-ping procps \
 	util-linux kmod xz-utils gcc make libc6-dev libelf-dev bc \
 	qemu-system-x86 busybox-static cpio postgresql chromium \
-	python3-venv ca-certificates fonts-dejavu-core openssl
+	python3-venv ca-certificates fonts-dejavu-core openssl debian-archive-keyring
 
 .PHONY: setup apt venv test test-fast lab-report clean
 

@@ -297,7 +297,7 @@ def _verify(arch: Archive, pkg: str, deb: Path) -> None:
                          "run again to download it anew")
 
 
-def _download(arch: Archive, pkgs: list[str], debs: Path, progress: Callable[[str], None]) -> dict[str, Path]:
+def download(arch: Archive, pkgs: list[str], debs: Path, progress: Callable[[str], None]) -> dict[str, Path]:
     debs.mkdir(parents=True, exist_ok=True)
     need = [p for p in pkgs if _deb_of(debs, p) is None]
     if need:
@@ -443,10 +443,6 @@ def image_packages(release: str, arch: Archive | None = None) -> list[str]:
                      f"is not in the package index of {arch.name}")
 
 
-def image_package(release: str) -> str:
-    return image_packages(release)[0]
-
-
 def _image_files(img: Path, release: str) -> tuple[Path | None, Path | None, Path | None]:
     """(vmlinuz, config, modules dir) in an unpacked image, in either package layout."""
     mods = next((d for d in (img / "lib" / "modules" / release, img / "usr" / "lib" / "modules" / release)
@@ -484,7 +480,7 @@ def fetch(release: str, cache_dir: Path, what: Iterable[str] = ("image", "header
         if "image" in what:
             img = root / "image"
             if not _complete(img):
-                debs = _download(arch, image_packages(release, arch), root / "debs", say)
+                debs = download(arch, image_packages(release, arch), root / "debs", say)
                 _extract(debs, img, say)
                 _mark_complete(img)
                 _drop(debs)
@@ -498,11 +494,11 @@ def fetch(release: str, cache_dir: Path, what: Iterable[str] = ("image", "header
             hroot = root / "headers"
             if not _complete(hroot):
                 main = f"linux-headers-{release}"
-                debs = _download(arch, [main], root / "debs", say)
+                debs = download(arch, [main], root / "debs", say)
                 deps = headers_deps(depends_of(debs[main]))
                 if not any(d.startswith("linux-kbuild-") for d in deps):
                     raise InfraError(f"debkernel: package {main}: no linux-kbuild-* in its Depends")
-                debs.update(_download(arch, deps, root / "debs", say))
+                debs.update(download(arch, deps, root / "debs", say))
                 _extract(debs, hroot, say)
                 fix_tree(hroot, release)
                 _mark_complete(hroot)

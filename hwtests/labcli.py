@@ -32,6 +32,9 @@ def add_command(sub) -> None:
                    "labelled deb6.12, deb6.1, deb7)")
     p.add_argument("--kernel-build", metavar="LABEL",
                    help="vm lab: the build the VMs boot first (default: the first, deb6.12)")
+    p.add_argument("--require", metavar="FEATURES",
+                   help="vm lab: comma-separated guest features both VMs must have on the boot build "
+                   "(io_uring, zcrx, udmabuf); if one is missing, the lab is taken down and the exit is 4")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=run)
 
@@ -44,8 +47,8 @@ def run(args: argparse.Namespace) -> int:
         kwargs = {}
         if args.kind == "netns":
             kwargs["pairs"] = args.pairs
-            if args.kernels or args.kernel_build:
-                raise InputError("--kernels and --kernel-build are options of the vm lab (--kind vm)")
+            if args.kernels or args.kernel_build or args.require:
+                raise InputError("--kernels, --kernel-build and --require are options of the vm lab (--kind vm)")
         else:
             if args.kernels is not None:
                 kwargs["kernels"] = [k.strip() for k in args.kernels.split(",") if k.strip()]
@@ -53,6 +56,8 @@ def run(args: argparse.Namespace) -> int:
                     raise InputError("--kernels: empty list")
             if args.kernel_build is not None:
                 kwargs["boot"] = args.kernel_build
+            if args.require is not None:
+                kwargs["require"] = [f.strip() for f in args.require.split(",") if f.strip()]
         inv = mod.up(state_dir, progress=progress, **kwargs)
         if args.json:
             print(json.dumps({"inventory": str(inv), "kind": args.kind}))

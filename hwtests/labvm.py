@@ -9,9 +9,13 @@
 Nothing is added to this machine's network configuration. Guests reach nothing
 outside (`restrict=on`); the data link exists only between the two VMs.
 
-Every kernel build (Debian cloud-amd64 kernel, downloaded with `apt-get
-download` and cached) is listed per host in the inventory; the VMs boot the
-first one and `switch_kernel` restarts a VM on another. The guest is an
+Every kernel build is listed per host in the inventory with its release:
+by default deb6.12 and deb6.1 (newest of Debian 12) and deb7 (newest 7.x of
+trixie-backports), fetched and cached by `hwtests.debkernel`, their headers
+prepared for module builds here by `hwtests.kbuildprep`. The VMs boot the
+first build (or the one `boot` names) and `switch_kernel` restarts a VM on
+another; `require` checks guest features (io_uring, zcrx, udmabuf) after the
+boot and takes the lab down when one is missing. The guest is an
 initramfs (`hwtests.vmimage`) with a real OpenSSH server whose host key is made
 here, so known_hosts is written before the first boot and host keys are always
 verified.
@@ -41,7 +45,7 @@ from typing import Any, Callable
 
 import yaml
 
-from . import debkernel, vmimage
+from . import debkernel, hostconn, inventory, kbuildprep, vmimage
 from .errors import InfraError, InputError
 
 QEMU = "qemu-system-x86_64"
@@ -186,6 +190,8 @@ def fetch_kernel(release: str, cache: Path, progress: Callable[[str], None]) -> 
                          progress=lambda s: progress(f"vm lab: {release}: {s}"))
     if dk.modules_dir is None:
         raise InfraError(f"vm lab: the {release} image packages hold no lib/modules/{release}/kernel")
+    # a tree that cannot build modules here is still listed: its blocker file says why
+    kbuildprep.prepare(dk, progress=lambda s: progress(f"vm lab: {release}: {s}"))
     return KernelFiles(release, dk.vmlinuz, dk.config, dk.headers_dir, dk.modules_dir)
 
 
@@ -424,13 +430,21 @@ def _wait_ready(state_dir: Path, st: LabState, names: list[str], timeout: float 
 
 
 def up(state_dir: Path, kernels: list[str] | None = None, boot: str | None = None,
+       require: list[str] | None = None, extra_cmdline: str = "",
        progress: Callable[[str], None] = print) -> Path:
     """Boot the two VMs and write the inventory; return its path.
 
     `kernels`: Debian kernel releases (default: the newest of each build in
     `DEFAULT_BUILDS`); `boot`: the label of the build the VMs boot (default:
-    the first). A label the lab would not have is refused before anything is
-    downloaded or started."""
+    the first); `require`: guest features (`FEATURES`) both VMs must have on
+    that build, else the lab is taken down again; `extra_cmdline`: appended to
+    every guest's kernel command line. A label or feature the lab does not
+    know is refused before anything is downloaded or started."""
+    bad = [f for f in (require or []) if f not in FEATURES]
+    if bad:
+        raise InputError(f"vm lab: --require {bad[0]}: unknown guest feature (features: {', '.join(FEATURES)})")
+    if not re.fullmatch(r"[A-Za-z0-9_.=,/-]*( [A-Za-z0-9_.=,/-]+)*", extra_cmdline):
+        raise InputError(f"vm lab: extra kernel command line {extra_cmdline!r}: words of letters, digits, '_.=,/-'")
     preflight()
     state_dir = Path(state_dir).resolve()
     if kernels:
@@ -450,7 +464,9 @@ def up(state_dir: Path, kernels: list[str] | None = None, boot: str | None = Non
     st = LabState(token=secrets.token_hex(4), created=time.time())
     _save(state_dir, st)
     try:
-        _build(state_dir, st, kernels, boot, progress)
+        _build(state_dir, st, kernels, boot, extra_cmdline, progress)
+        if require:
+            check_features(Path(st.inventory), require)
     except BaseException:
         down(state_dir)
         raise
@@ -465,7 +481,8 @@ def _check_releases(releases: list[str]) -> None:
             raise InputError(f"vm lab: not a kernel release: {r!r}")
 
 
-def _build(state_dir: Path, st: LabState, kernels: list[str] | None, boot: str | None, progress) -> None:
+def _build(state_dir: Path, st: LabState, kernels: list[str] | None, boot: str | None, extra_cmdline: str,
+           progress) -> None:
     labels = labels_for(list(kernels)) if kernels else default_builds(progress)
     cache = vmimage.cache_root()
 
@@ -508,7 +525,8 @@ def _build(state_dir: Path, st: LabState, kernels: list[str] | None, boot: str |
         kb = {}
         for label, kf in files.items():
             initrd = vmimage.assemble(d / f"initrd-{label}.img", [base, mods[label], ident])
-            kb[label] = {"image": str(kf.vmlinuz), "initrd": str(initrd), "cmdline": _cmdline_for(name),
+            kb[label] = {"image": str(kf.vmlinuz), "initrd": str(initrd),
+                         "cmdline": " ".join(filter(None, [_cmdline_for(name), extra_cmdline])),
                          "release": kf.release}
             if kf.headers_dir:
                 kb[label]["headers"] = str(kf.headers_dir)
@@ -548,6 +566,59 @@ def _build(state_dir: Path, st: LabState, kernels: list[str] | None, boot: str |
                     + yaml.safe_dump(inv, sort_keys=False))
     st.inventory = str(path)
     _save(state_dir, st)
+
+
+# Guest features `up(require=...)` checks, and what the guest reports for them.
+FEATURES = ("io_uring", "zcrx", "udmabuf")
+FEATURE_SCRIPT = r'''
+C=/boot/config-$(uname -r)
+echo "release=$(uname -r)"
+[ -r "$C" ] && echo config=1
+grep -q '^CONFIG_IO_URING=y' "$C" 2>/dev/null && echo io_uring_config=1
+grep -q '^CONFIG_IO_URING_ZCRX=y' "$C" 2>/dev/null && echo zcrx_config=1
+[ -r /proc/sys/kernel/io_uring_disabled ] && echo "io_uring_disabled=$(cat /proc/sys/kernel/io_uring_disabled)"
+[ -e /dev/udmabuf ] && echo udmabuf=1
+true
+'''
+
+
+def feature_gaps(facts: dict[str, str], wanted: list[str]) -> list[str]:
+    """Why a guest with these facts lacks each of the `wanted` features (pure); empty: it has them all."""
+    gaps = []
+    io_uring_gap = None
+    if facts.get("config") != "1":
+        io_uring_gap = "io_uring: the guest has no kernel config to tell"
+    elif facts.get("io_uring_config") != "1":
+        io_uring_gap = "io_uring: not built into this kernel (CONFIG_IO_URING)"
+    elif facts.get("io_uring_disabled", "0") != "0":
+        io_uring_gap = f"io_uring: disabled (kernel.io_uring_disabled={facts['io_uring_disabled']})"
+    for f in wanted:
+        if f == "io_uring" and io_uring_gap:
+            gaps.append(io_uring_gap)
+        elif f == "zcrx":
+            if io_uring_gap:
+                gaps.append("zcrx: needs " + io_uring_gap)
+            elif facts.get("zcrx_config") != "1":
+                gaps.append("zcrx: not in this kernel (CONFIG_IO_URING_ZCRX; Linux 6.15 and later)")
+        elif f == "udmabuf" and facts.get("udmabuf") != "1":
+            gaps.append("udmabuf: no /dev/udmabuf (CONFIG_UDMABUF)")
+    return gaps
+
+
+def check_features(inv_path: Path, wanted: list[str]) -> None:
+    """Both VMs have the `wanted` features on the kernel they run; InfraError naming the first gap."""
+    inv = inventory.load(inv_path)
+    for name in VMS:
+        t = hostconn.connect(inv.hosts[name], inv.defaults, inv)
+        try:
+            out = t.run(["sh", "-c", FEATURE_SCRIPT], timeout=30).stdout
+        finally:
+            t.close()
+        facts = dict(ln.split("=", 1) for ln in out.splitlines() if "=" in ln)
+        gaps = feature_gaps(facts, wanted)
+        if gaps:
+            raise InfraError(f"vm lab: {name} on {inv.hosts[name].vm.get('boot_kernel')} "
+                             f"({facts.get('release', '?')}) lacks {gaps[0]}")
 
 
 def down(state_dir: Path, progress: Callable[[str], None] = lambda s: None) -> None:

@@ -275,6 +275,9 @@ B=${1:-/lib/modules/$R/build}
 echo "build_dir=$B"
 for x in insmod rmmod make gcc pahole dd taskset perf; do command -v $x >/dev/null 2>&1 && echo "have_$x=1"; done
 CC=$(sed -n 's/^CC *= *.*\(gcc-[0-9][0-9]*\).*/\1/p' "$B/.kernelvariables" 2>/dev/null | head -n 1)
+[ -r "$B/hwt-make-args" ] && { echo "make_args=$(tr '\n' ' ' < "$B/hwt-make-args")";
+  C2=$(sed -n 's/^CC=//p' "$B/hwt-make-args" | head -n 1); [ -n "$C2" ] && CC=$C2; }
+[ -r "$B/hwt-build-blocker" ] && echo "kbuild_blocker=$(head -n 1 "$B/hwt-build-blocker")"
 [ -n "$CC" ] && { echo "kcc=$CC"; command -v "$CC" >/dev/null 2>&1 && echo have_kcc=1; }
 [ -r /dev/kmsg ] && echo kmsg=1 || echo kmsg=0
 true
@@ -313,6 +316,8 @@ def build_blocker(f: dict[str, str]) -> str | None:
     if f.get("build") != "1":
         return (f"no {f.get('build_dir', '/lib/modules/RELEASE/build')}/Makefile "
                 f"(install linux-headers-{f.get('release', 'RELEASE')} or set build_dir)")
+    if f.get("kbuild_blocker"):
+        return f["kbuild_blocker"]
     if f.get("have_make") != "1":
         return "make not installed"
     if f.get("kcc") and f.get("have_kcc") != "1":
@@ -320,6 +325,18 @@ def build_blocker(f: dict[str, str]) -> str | None:
     if not f.get("kcc") and f.get("have_gcc") != "1":
         return "gcc not installed"
     return None
+
+
+_MAKE_ARG = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=[A-Za-z0-9._+/-]*$")
+
+
+def make_args(f: dict[str, str]) -> list[str]:
+    """make arguments for a host with these facts (pure): those the headers tree was prepared
+    with (`hwt-make-args`, hwtests.kbuildprep) and no module BTF without pahole."""
+    args = [a for a in f.get("make_args", "").split() if _MAKE_ARG.match(a)]
+    if f.get("have_pahole") != "1" and "CONFIG_DEBUG_INFO_BTF_MODULES=" not in args:
+        args.append("CONFIG_DEBUG_INFO_BTF_MODULES=")
+    return args
 
 
 def can_load_modules(t: Transport, build_dir: str | None = None, need_build: bool = True) -> tuple[bool, str]:
@@ -447,9 +464,7 @@ def build(t: Transport, st: SourceTree, build_dir: str | None = None, facts: dic
     dest = posixpath.join(t.tmpdir, f"pp-build-{st.digest()[:12]}")
     t.run(["rm", "-rf", dest], timeout=30)
     _upload_tree(t, st, dest)
-    cmd = ["make", "-C", kdir, f"M={dest}", "modules"]
-    if f.get("have_pahole") != "1":
-        cmd.append("CONFIG_DEBUG_INFO_BTF_MODULES=")
+    cmd = ["make", "-C", kdir, f"M={dest}", "modules", *make_args(f)]
     r = t.run(cmd, check=False, timeout=timeout)
     if not r.ok:
         raise InfraError(f"{t.name}: building {st.bench_module} ({st.origin or st.kind}) against {kdir} failed: "

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from hwtests import labnetns
+from hwtests import labnetns, traffic
 from hwtests.errors import HwtestsError
+from hwtests.transport import LocalTransport
 
 REPO = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -42,6 +43,22 @@ def netns_lab(tmp_path_factory):
         unavailable(f"netns lab cannot be built: {exc}")
     yield inv
     labnetns.down(state)
+
+
+@pytest.fixture(scope="module")
+def lt():
+    """This machine as a host (LocalTransport), for the traffic programs' own tests."""
+    t = LocalTransport("local")
+    yield t
+    t.cleanup()
+
+
+@pytest.fixture(scope="module")
+def bins(lt, tmp_path_factory):
+    """The traffic programs built for this machine through `lt` (a private build cache)."""
+    if not shutil.which("cc") or not shutil.which("make"):
+        pytest.skip("no cc/make on this machine")
+    return traffic.build(lt, cache_root=tmp_path_factory.mktemp("traffic-cache"))
 
 
 @pytest.fixture(scope="session")

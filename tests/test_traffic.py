@@ -28,20 +28,6 @@ SUMMARY_KEYS = {"role", "mode", "bytes", "seconds", "gbps", "samples", "mismatch
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="netlink bind and io_uring zcrx need CAP_NET_ADMIN")
 
 
-@pytest.fixture(scope="module")
-def lt():
-    t = LocalTransport("local")
-    yield t
-    t.cleanup()
-
-
-@pytest.fixture(scope="module")
-def bins(lt, tmp_path_factory):
-    if not shutil.which("cc") or not shutil.which("make"):
-        pytest.skip("no cc/make on this machine")
-    return traffic.build(lt, cache_root=tmp_path_factory.mktemp("traffic-cache"))
-
-
 def _run(argv, timeout=30):
     return subprocess.run([str(a) for a in argv], capture_output=True, text=True, timeout=timeout)
 

@@ -255,14 +255,14 @@ def test_parallel_switches_keep_both_vms_recorded(vm_lab, lab_releases):
 
 
 @pytest.mark.vmlab
-def test_udmabuf_only_on_6_12(vm_lab, lab_releases):
+def test_udmabuf_on_6_12_not_6_1(vm_lab, lab_releases):
     rels = {labvm.series_of(r) for r in lab_releases}
     if not {"6.1", "6.12"} <= rels:
         pytest.skip("needs a 6.1 and a 6.12 kernel")
     for name in labvm.VMS:
         r = vm_lab.run(name, "uname -r; test -e /dev/udmabuf && echo yes || echo no", timeout=20)
         release, udma = r.stdout.split()
-        assert udma == ("yes" if labvm.series_of(release) == "6.12" else "no"), release
+        assert udma == ("no" if labvm.series_of(release) == "6.1" else "yes"), release
 
 
 HELLO_C = """#include <linux/module.h>
@@ -579,3 +579,143 @@ def test_hwt_nl_queues_and_rings_on_virtio(vm_lab, lab_releases):
         print(f"6.12 virtio_net: {len(rx)} rx queue(s), rings {rings}; rings-set: {ei.value} [{ei.value.extack}]")
     finally:
         t.close()
+
+
+# ---------------------------------------------------------------- deb7: Debian's 7.x kernel (trixie-backports)
+
+
+def _features(lab: Lab, name: str) -> dict[str, str]:
+    out = lab.run(name, ["sh", "-c", labvm.FEATURE_SCRIPT], timeout=30).stdout
+    return dict(ln.split("=", 1) for ln in out.splitlines() if "=" in ln)
+
+
+def _error_line(stderr: str) -> str:
+    """The one error line of a failed command (progress lines may precede it; no traceback)."""
+    assert "Traceback" not in stderr, stderr
+    errs = [ln for ln in stderr.splitlines() if ln.startswith("hwtests: error:")]
+    assert len(errs) == 1, stderr
+    return errs[0]
+
+
+@pytest.mark.vmlab
+def test_inventory_offers_deb7(vm_lab, lab_releases):
+    from hwtests import debkernel, kbuildprep
+    for name in labvm.VMS:
+        kernels = vm_lab.host(name).kernels
+        assert set(kernels) == {"deb6.1", "deb6.12", "deb7"}
+        rel = kernels["deb7"].release
+        assert debkernel.version_key(rel)[:2] >= (7, 1) and rel.endswith("+deb13-cloud-amd64"), rel
+        assert rel == debkernel.resolve("deb7") and rel in lab_releases
+        assert Path(kernels["deb7"].headers, kbuildprep.ARGS_FILE).is_file()
+
+
+@pytest.mark.vmlab
+def test_switch_to_deb7_and_back(vm_lab):
+    """kswitch (what `hwtests ab` uses) takes a VM to deb7 and back; 7.x has io_uring, zcrx, udmabuf."""
+    from hwtests import kswitch
+    host = vm_lab.host("vm-a")
+    start = vm_lab.run("vm-a", "uname -r", timeout=20).stdout.strip()
+    back = next(lb for lb, kb in host.kernels.items() if kb.release == start)
+    if back == "deb7":
+        back = "deb6.12"
+    before = _boot_id(vm_lab, "vm-a")
+    st = kswitch.switch(vm_lab.inv, host, "deb7", timeout=300)
+    assert st.release == host.kernels["deb7"].release and st.boot_id != before
+    facts = _features(vm_lab, "vm-a")
+    assert facts["release"] == st.release
+    assert labvm.feature_gaps(facts, list(labvm.FEATURES)) == []
+    r = vm_lab.run("vm-b", ["ping", "-c", "2", "-W", "3", host.nics["data"].addr], timeout=30)
+    assert " 0% packet loss" in r.stdout
+    assert labvm.status(vm_lab.state)["hosts"]["vm-a"]["kernel"] == "deb7"
+    st2 = kswitch.switch(vm_lab.inv, host, back, timeout=300)
+    assert st2.release == host.kernels[back].release and st2.boot_id != st.boot_id
+    assert labvm.feature_gaps(_features(vm_lab, "vm-a"), ["zcrx"]), "zcrx on a kernel before 7.x?"
+
+
+@pytest.mark.vmlab
+def test_cli_up_boots_the_kernel_build_asked_for(tmp_path, lab_releases):
+    state = tmp_path / "deb7-lab"
+    pids: list[int] = []
+    try:
+        p = subprocess.run(CLI + ["lab", "up", "--kind", "vm", "--state-dir", str(state), "--kernel-build", "deb7",
+                                  "--require", "io_uring,zcrx,udmabuf", "--json"],
+                           capture_output=True, text=True, timeout=900)
+        assert p.returncode == 0, p.stderr
+        lab = Lab(Path(json.loads(p.stdout)["inventory"]), state)
+        for name in labvm.VMS:
+            h = lab.host(name)
+            assert list(h.kernels)[0] == "deb7" and set(h.kernels) == {"deb6.1", "deb6.12", "deb7"}
+            assert h.vm["boot_kernel"] == "deb7"
+            assert lab.run(name, "uname -r", timeout=20).stdout.strip() == h.kernels["deb7"].release
+        st = labvm.status(state)
+        assert st["up"] and {h["kernel"] for h in st["hosts"].values()} == {"deb7"}
+        pids = [h["pid"] for h in st["hosts"].values()]
+    finally:
+        p = subprocess.run(CLI + ["lab", "down", "--kind", "vm", "--state-dir", str(state)],
+                           capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert pids and not any(labvm._alive(pid) for pid in pids)
+    assert _procs_mentioning(str(state)) == [] and not state.exists()
+
+
+def test_cli_bad_kernel_build_or_feature_is_refused_before_anything_starts(tmp_path):
+    state = tmp_path / "bad-lab"
+    for args, needle in ((["--kernel-build", "deb9"], "--kernel-build deb9: no such build in this lab"),
+                         (["--kernels", "6.1.0-57-cloud-amd64", "--kernel-build", "deb7"],
+                          "--kernel-build deb7: no such build in this lab (builds: deb6.1)"),
+                         (["--require", "io_uring,warp"], "--require warp: unknown guest feature")):
+        p = subprocess.run(CLI + ["lab", "up", "--kind", "vm", "--state-dir", str(state), *args],
+                           capture_output=True, text=True, timeout=120)
+        assert p.returncode == 2, (args, p.stderr)
+        assert needle in _error_line(p.stderr)
+        assert p.stderr.strip().count("\n") == 0, p.stderr          # nothing fetched, nothing printed before
+        assert not state.exists() and _procs_mentioning(str(state)) == []
+
+
+@pytest.mark.vmlab
+def test_cli_missing_kernel_package_leaves_nothing(tmp_path):
+    state = tmp_path / "missing-lab"
+    p = subprocess.run(CLI + ["lab", "up", "--kind", "vm", "--state-dir", str(state),
+                              "--kernels", "6.1.0-999-cloud-amd64"], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 4, p.stderr
+    line = _error_line(p.stderr)
+    assert "6.1.0-999-cloud-amd64" in line and "not in the package index of bookworm" in line
+    assert not state.exists() and _procs_mentioning(str(state)) == []
+
+
+@pytest.mark.vmlab
+def test_cli_missing_guest_feature_takes_the_lab_down(tmp_path, lab_releases):
+    """6.1 has no udmabuf: `--require udmabuf` boots, finds it missing, stops both QEMUs, exits 4."""
+    state = tmp_path / "feature-lab"
+    rel61 = next(r for r in lab_releases if labvm.series_of(r) == "6.1")
+    p = subprocess.run(CLI + ["lab", "up", "--kind", "vm", "--state-dir", str(state), "--kernels", rel61,
+                              "--require", "udmabuf"], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 4, p.stderr
+    assert _error_line(p.stderr).endswith(f"vm-a on deb6.1 ({rel61}) lacks udmabuf: no /dev/udmabuf (CONFIG_UDMABUF)")
+    assert not state.exists() and _procs_mentioning(str(state)) == []
+
+
+@pytest.mark.vmlab
+def test_guest_without_io_uring_is_refused(tmp_path, lab_releases):
+    """A real 7.x guest with io_uring switched off (kernel.io_uring_disabled=2 on its command line)."""
+    state = tmp_path / "no-uring-lab"
+    rel7 = next(r for r in lab_releases if r.startswith("7."))
+    with pytest.raises(HwtestsError) as ei:
+        labvm.up(state, kernels=[rel7], require=["zcrx"], extra_cmdline="sysctl.kernel.io_uring_disabled=2",
+                 progress=lambda s: None)
+    msg = str(ei.value)
+    assert ei.value.exit_code == 4 and "\n" not in msg
+    assert msg.endswith(f"({rel7}) lacks zcrx: needs io_uring: disabled (kernel.io_uring_disabled=2)"), msg
+    assert not state.exists() and _procs_mentioning(str(state)) == []
+
+
+def test_feature_gaps():
+    full = {"config": "1", "io_uring_config": "1", "zcrx_config": "1", "io_uring_disabled": "0", "udmabuf": "1"}
+    assert labvm.feature_gaps(full, list(labvm.FEATURES)) == []
+    assert labvm.feature_gaps({**full, "io_uring_disabled": "1"}, ["io_uring"]) == [
+        "io_uring: disabled (kernel.io_uring_disabled=1)"]
+    no_uring = {k: v for k, v in full.items() if k not in ("io_uring_config", "zcrx_config")}
+    assert labvm.feature_gaps(no_uring, ["zcrx", "udmabuf"]) == [
+        "zcrx: needs io_uring: not built into this kernel (CONFIG_IO_URING)"]
+    assert labvm.feature_gaps({**full, "zcrx_config": "0", "udmabuf": "0"}, ["zcrx", "udmabuf"])[1].startswith("udmabuf")
+    assert "no kernel config" in labvm.feature_gaps({}, ["io_uring"])[0]

@@ -18,24 +18,8 @@ import subprocess
 import pytest
 
 from hwtests import traffic
-from hwtests.transport import LocalTransport
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="io_uring zcrx registration needs CAP_NET_ADMIN")
-
-
-@pytest.fixture(scope="module")
-def lt():
-    t = LocalTransport("local")
-    yield t
-    t.cleanup()
-
-
-@pytest.fixture(scope="module")
-def bins(lt, tmp_path_factory):
-    if not shutil.which("cc") or not shutil.which("make"):
-        pytest.skip("no cc/make on this machine")
-    traffic.forget_builds()
-    return traffic.build(lt, cache_root=tmp_path_factory.mktemp("traffic-cache"))
 
 
 def _run(argv, timeout=30):
@@ -179,4 +163,4 @@ def test_report_labels_copy_fallback(tmp_path):
     assert nodev and all(label in h for h in nodev), nodev
     assert tcp and not any(label in h for h in tcp), tcp
     rows = re.findall(r'<td class="test">.*?</td>', html, re.S)
-    assert any("linerate/zcrx-nodev" in r and label in r for r in rows), rows
+    assert any("linerate/zcrx-nodev" in r.replace("<wbr>", "") and label in r for r in rows), rows

@@ -22,18 +22,12 @@ import os
 
 import pytest
 
+from conftest import unavailable
 from hwtests import hostconn, inventory, labvm, traffic
 from hwtests.errors import HwtestsError
 from hwtests.journal import Journal
 
 pytestmark = pytest.mark.vmlab
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
-def unavailable(reason: str):
-    if IN_CI:
-        pytest.fail(f"required in CI: {reason}", pytrace=False)
-    pytest.skip(reason)
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ import time
 import pytest
 
 from conftest import run_cli
+from pgfixture import pg_server, pg_url, store_url  # noqa: F401
 from hwtests import counters as C
 from hwtests import counterstore
 from hwtests import countersnap as S
@@ -633,3 +634,23 @@ def test_vm_lab_virtio_counters_and_no_perf(tmp_path):
     assert 0.5 < rx_q / rx_ip < 1.5, (rx_q, rx_ip)          # the queue counted what IP received
     perf = [c for c in got if c["test"] == "pagepool" and c["name"].startswith("perf.")]
     assert len(perf) == 8 and all(c["value"] is None and c["reason"] == "perf not installed on vm-a" for c in perf)
+
+
+def test_counter_table_on_both_backends(store_url):
+    """Unavailable counters come back as None with their reason, never 0, on SQLite and PostgreSQL;
+    the samples the gate reads hold none of them."""
+    from hwtests.store import HostInfo, Run, Sample
+
+    with Store.open(store_url) as s:
+        rid = s.begin_run(Run("b", "p", "ctl", "inv", "measured", [HostInfo("rx", "a1")]))
+        s.add_samples(rid, [Sample("linerate/tcp", "gbps", 9.0, "Gbit/s", "higher", 0)])
+        n = counterstore.add(s, rid, [
+            counterstore.StoredCounter("linerate/tcp", 0, "a1", "rx", "net.Tcp.RetransSegs", 27.0),
+            counterstore.StoredCounter("linerate/tcp", 0, "a1", "rx", "irq.total", None, "count", "no interrupt lines"),
+        ])
+        assert n == 2
+        got = {r["name"]: r for r in counterstore.rows(s, labels=["b"])}
+        assert got["net.Tcp.RetransSegs"]["value"] == 27.0 and got["net.Tcp.RetransSegs"]["pair"] == "p"
+        assert got["irq.total"]["value"] is None and got["irq.total"]["reason"] == "no interrupt lines"
+        assert set(s.samples(labels=["b"])["metric"]) == {"gbps"}
+        assert counterstore.rows(s, labels=["other"]) == []

@@ -22,7 +22,7 @@ import math
 import sys
 from typing import Any, Iterable
 
-from . import gate, identity
+from . import countercmp, gate, identity
 from .errors import InputError
 from .gate import Comparison, Threshold
 
@@ -313,6 +313,7 @@ def run(args) -> int:
         comps = compare_labels(store, args.baseline, args.candidate, test_glob=args.test, metric=args.metric,
                                pair=args.pair, thresholds=thresholds)
         warnings = identity.conflicts(store.runs(labels=[args.baseline, args.candidate]))
+        counters = countercmp.for_labels(store, args.baseline, args.candidate, args.test, args.pair)
     finally:
         store.close()
     for w in warnings:
@@ -322,8 +323,12 @@ def run(args) -> int:
                          + "".join(f" {k}={v}" for k, v in (("--test", args.test), ("--metric", args.metric),
                                                             ("--pair", args.pair)) if v))
     if args.json:
-        print(json.dumps(to_json(comps, args.baseline, args.candidate, thresholds) | {"warnings": warnings},
+        print(json.dumps(to_json(comps, args.baseline, args.candidate, thresholds)
+                         | {"warnings": warnings, "counters": [c.to_dict() for c in counters]},
                          indent=2, sort_keys=True))
     else:
         print(format_table(comps, args.baseline, args.candidate))
+        text = countercmp.format_text(counters, args.baseline, args.candidate)
+        if text:
+            print("\n" + text)
     return exit_code(comps)

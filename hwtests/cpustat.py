@@ -241,15 +241,18 @@ class CpuSampler:
         return per_interval(snaps, self.hz)
 
 
-def clock_offset(t, tries: int = 3) -> float:
-    """controller time - host time, from the midpoint of the quickest of a few round trips (0 if unreadable)."""
+def clock_offset(t, tries: int = 3, cmd: tuple[str, ...] = ("date", "+%s.%N")) -> float:
+    """controller time - host time, from the midpoint of the quickest of a few round trips (0 if unreadable).
+
+    `cmd` prints the host's clock as the first word of its output (`cat /proc/uptime` for
+    the time since boot, where busybox's date has no %N)."""
     best: tuple[float, float] | None = None
     for _ in range(tries):
         a = time.time()
-        r = t.run(["date", "+%s.%N"], check=False, timeout=15)
+        r = t.run(list(cmd), check=False, timeout=15)
         b = time.time()
         try:
-            host = float(r.stdout.strip())
+            host = float((r.stdout.split() or [""])[0])
         except ValueError:
             return 0.0
         rtt = b - a

@@ -76,6 +76,19 @@ class KernelBuild:
     boot_command: str | None = None
 
 
+CPULIST_RE = re.compile(r"^\d+(-\d+)?(,\d+(-\d+)?)*$")
+
+
+@dataclass
+class Pin:
+    """Where a host runs what it measures: the page_pool module load on one CPU (published
+    figures use `taskset -c 0 insmod`), receiver and sender on CPU lists (None: not pinned)."""
+
+    pagepool_cpu: int | None = 0
+    rx_cpus: str | None = None
+    tx_cpus: str | None = None
+
+
 @dataclass
 class Host:
     name: str
@@ -86,6 +99,7 @@ class Host:
     build_dir: str | None = None
     vm: dict[str, Any] | None = None
     line: int = 0
+    pin: Pin = field(default_factory=Pin)
 
 
 @dataclass
@@ -272,9 +286,26 @@ def _path(base: Path, value: str | None) -> str | None:
     return v if os.path.isabs(v) else str((base / v).resolve())
 
 
+def _pin(ctx: _Ctx, w: str, node: yaml.Node) -> Pin:
+    pm = ctx.mapping(node, w, {"pagepool_cpu", "rx_cpus", "tx_cpus"})
+    pin = Pin()
+    if "pagepool_cpu" in pm:
+        pin.pagepool_cpu = ctx.scalar(pm["pagepool_cpu"][1], f"{w}.pagepool_cpu", int, allow_none=True)
+        if pin.pagepool_cpu is not None and not 0 <= pin.pagepool_cpu < 8192:
+            raise ctx.fail(pm["pagepool_cpu"][1], f"{w}.pagepool_cpu", "a CPU number 0..8191, or null for no pinning")
+    for key in ("rx_cpus", "tx_cpus"):
+        if key in pm:
+            v = ctx.scalar(pm[key][1], f"{w}.{key}", str, allow_none=True)
+            if v is not None and not CPULIST_RE.match(v.replace(" ", "")):
+                raise ctx.fail(pm[key][1], f"{w}.{key}", f"{v!r} is not a CPU list like 2 or 2-3,6")
+            setattr(pin, key, v.replace(" ", "") if v is not None else None)
+    return pin
+
+
 def _host(ctx: _Ctx, hname: str, node: yaml.Node, base: Path) -> Host:
     w = f"hosts.{hname}"
-    m = ctx.mapping(node, w, {"ssh", "local", "nics", "kernels", "pagepool_src", "build_dir", "vm"}, {"nics"})
+    m = ctx.mapping(node, w, {"ssh", "local", "nics", "kernels", "pagepool_src", "build_dir", "vm",
+                                          "pin"}, {"nics"})
     ssh = None
     if "ssh" in m and "local" in m:
         raise ctx.fail(m["local"][0], f"{w}.local", "a host is either 'ssh' or 'local', not both")
@@ -361,6 +392,8 @@ def _host(ctx: _Ctx, hname: str, node: yaml.Node, base: Path) -> Host:
     for key in ("pagepool_src", "build_dir"):
         if key in m:
             setattr(host, key, ctx.scalar(m[key][1], f"{w}.{key}", str))
+    if "pin" in m:
+        host.pin = _pin(ctx, f"{w}.pin", m["pin"][1])
     if "vm" in m:
         vm = yaml.safe_load(yaml.serialize(m["vm"][1]))
         if not isinstance(vm, dict):

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-from . import timebench
+from . import counters, timebench
 from .errors import InfraError, InputError
 from .transport import Transport
 
@@ -273,7 +273,7 @@ echo "release=$R"
 B=${1:-/lib/modules/$R/build}
 [ -f "$B/Makefile" ] && echo build=1 || echo build=0
 echo "build_dir=$B"
-for x in insmod rmmod make gcc pahole dd taskset; do command -v $x >/dev/null 2>&1 && echo "have_$x=1"; done
+for x in insmod rmmod make gcc pahole dd taskset perf; do command -v $x >/dev/null 2>&1 && echo "have_$x=1"; done
 CC=$(sed -n 's/^CC *= *.*\(gcc-[0-9][0-9]*\).*/\1/p' "$B/.kernelvariables" 2>/dev/null | head -n 1)
 [ -r "$B/hwt-make-args" ] && { echo "make_args=$(tr '\n' ' ' < "$B/hwt-make-args")";
   C2=$(sed -n 's/^CC=//p' "$B/hwt-make-args" | head -n 1); [ -n "$C2" ] && CC=$C2; }
@@ -362,6 +362,18 @@ class RunResult:
     artifacts: dict[str, str] = field(default_factory=dict)   # module file name -> sha256
     duration: float = 0.0            # seconds insmod took
     seq_from: int = -1               # kmsg records with a larger sequence number are this load's
+    perf: dict[str, counters.Value] = field(default_factory=dict)   # perf stat of the bench module's insmod
+    cpu: int | None = None           # the CPU insmod was pinned to (None: not pinned)
+
+    def perf_rows(self) -> list[tuple[str, counters.Value, str]]:
+        """(name, value, unit): `perf.<event>` per load and `perf.<event>_per_element` over the
+        elements the load's records counted (setup and teardown of the load included)."""
+        elements = sum(r.invoke_count or 0 for r in self.records)
+        out = []
+        for ev, v in self.perf.items():
+            out.append((f"perf.{ev}", v, "count"))
+            out.append((f"perf.{ev}_per_element", counters.per_element(v, elements), "per element"))
+        return out
 
     @property
     def discarded(self) -> bool:
@@ -509,11 +521,27 @@ def _sha256(t: Transport, paths: dict[str, str]) -> dict[str, str]:
     return {f"{mod}.ko": by_path.get(p, "") for mod, p in paths.items()}
 
 
+PERF_TIMEOUT = 30.0
+
+
+def perf_blocker(t: Transport, facts: dict[str, str]) -> str | None:
+    """Why `perf stat` cannot wrap a load on this host (None: it can). Debian's perf is a wrapper
+    that refuses a kernel without its linux-perf package: tried once on `true` to find out."""
+    if facts.get("have_perf") != "1":
+        return f"perf not installed on {t.name}"
+    r = t.run(["perf", "stat", "-x,", "-e", ",".join(counters.PERF_EVENTS), "-o", "/dev/null", "--", "true"],
+              check=False, timeout=PERF_TIMEOUT)
+    if not r.ok:
+        tail = (r.stderr.strip().splitlines() or r.stdout.strip().splitlines() or [f"exit {r.exit_status}"])[-1]
+        return f"perf stat does not run on {t.name}: {tail.strip()}"
+    return None
+
+
 def run_bench(t: Transport, source: str | Path | SourceTree | Sequence[str | Path] | None = None,
               loops: int = DEFAULT_LOOPS, run_flags: int = ALL_FLAGS, repeat: int = 10,
               discard_first: bool = True, build_dir: str | None = None, *, cpu: int | None = None,
               journal=None, load_timeout: float = LOAD_TIMEOUT, keep_warmup: bool = False,
-              controller_build_dir: str | None = None,
+              controller_build_dir: str | None = None, perf: bool = True,
               progress: Callable[[str], None] | None = None) -> list[RunResult]:
     """Build (or upload) the bench module, then load it `repeat` times and collect each load's results.
 
@@ -525,6 +553,9 @@ def run_bench(t: Transport, source: str | Path | SourceTree | Sequence[str | Pat
     the controller dies mid-run. `controller_build_dir`: build the sources on the
     controller against these headers of the host's kernel (e.g. from
     hwtests.debkernel) and upload the modules, for hosts without headers or a compiler.
+    `perf`: wrap the bench module's insmod in `perf stat -x,` (cycles, instructions,
+    cache-misses, branch-misses) where the host has a working perf; each load's counts
+    (or why there are none) in `RunResult.perf`.
     """
     if repeat < 1:
         raise InputError(f"repeat must be at least 1, not {repeat}")
@@ -566,6 +597,10 @@ def run_bench(t: Transport, source: str | Path | SourceTree | Sequence[str | Pat
         journal.change(f"page_pool bench module {bench} (unloaded if left loaded)", "true", ["sh", "-c", undo])
     _unload(t, modules, strict=True)          # left loaded by an earlier run
 
+    no_perf = perf_blocker(t, f) if perf else "perf stat not asked for"
+    pinned = int(cpu) if cpu is not None and f.get("have_taskset") == "1" else None
+    perf_out = posixpath.join(t.tmpdir, "pp-perf-stat.csv")
+
     params = {"loops": int(loops), "run_flags": int(run_flags)}
     out: list[RunResult] = []
     total = repeat + (1 if discard_first else 0)
@@ -578,8 +613,11 @@ def run_bench(t: Transport, source: str | Path | SourceTree | Sequence[str | Pat
                 cmd = ["insmod", paths[mod]]
                 if mod == bench:
                     cmd += [f"loops={int(loops)}", f"run_flags={int(run_flags)}"]
-                    if cpu is not None and f.get("have_taskset") == "1":
-                        cmd = ["taskset", "-c", str(int(cpu))] + cmd
+                    if no_perf is None:
+                        cmd = ["perf", "stat", "-x,", "-e", ",".join(counters.PERF_EVENTS), "-o", perf_out,
+                               "--"] + cmd
+                    if pinned is not None:
+                        cmd = ["taskset", "-c", str(pinned)] + cmd
                 r = t.run(cmd, check=False, timeout=load_timeout)
                 if not r.ok:
                     new = records_after(read_kmsg(t), before)
@@ -593,7 +631,7 @@ def run_bench(t: Transport, source: str | Path | SourceTree | Sequence[str | Pat
             _unload(t, modules, strict=True)
             parsed = timebench.parse(log)
             rr = RunResult(rep, parsed.records, parsed.warnings, log, boot_id, release, bench, kind,
-                           dict(params), dict(artifacts), dur, before)
+                           dict(params), dict(artifacts), dur, before, _perf_counts(t, perf_out, no_perf), pinned)
             say(f"{t.name}: {bench} load {k + 1}/{total}: {timebench.summary(parsed)} in {dur:.1f} s")
             if rep >= 0 or keep_warmup:
                 out.append(rr)
@@ -603,6 +641,18 @@ def run_bench(t: Transport, source: str | Path | SourceTree | Sequence[str | Pat
         except InfraError:
             pass
     return out
+
+
+def _perf_counts(t: Transport, path: str, blocker: str | None) -> dict[str, counters.Value]:
+    """The load's perf stat counts, read back and removed; each event unavailable with the reason if none."""
+    if blocker is not None:
+        return {e: counters.unavailable(blocker) for e in counters.PERF_EVENTS}
+    try:
+        text = t.read_file(path).decode(errors="replace")
+    except (InfraError, OSError) as exc:
+        return {e: counters.unavailable(f"perf stat output not read: {exc}") for e in counters.PERF_EVENTS}
+    t.run(["rm", "-f", path], check=False, timeout=15)
+    return counters.perf_events(counters.parse_perf_stat(text))
 
 
 # -- results as samples ----------------------------------------------------------------------

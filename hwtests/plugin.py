@@ -22,7 +22,7 @@ import socket
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -242,6 +242,7 @@ class HwSession:
         he.probe = self.probes[key]
         he.caps = probe.capabilities(he.probe, he.nic)
         he.env = probe.capture_env(he.t) if not he.env else he.env
+        he.env.setdefault("pin", asdict(he.host.pin))      # the inventory's pinning, in the run's environment
 
     def _say(self, msg: str) -> None:
         """Tell the user now, also from inside a test's setup (where output is captured)."""

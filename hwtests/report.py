@@ -34,8 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from . import identity
-from .errors import InputError
+from . import countercmp, identity
+from .errors import HwtestsError, InputError
 
 MAX_POINTS = 2000          # plotted points per build and metric
 CSV_MAX_BYTES = 16 << 20   # raw samples CSV embedded in the page up to this size (~120k rows)
@@ -1035,6 +1035,7 @@ def _fill(ctx: Ctx, store, painter: "_Painter", note=None, csv_path=None, thresh
                for m in ("gbps", "link_pct", "ceiling_pct") for b in builds if (tt["name"], m, b) in stats.index}
         tt["line_rate"] = line_rate_rows(med, builds)
     ctx.tests.sort(key=lambda tt: (VERDICT_ORDER.get(tt["verdict"], 9), tt["name"]))
+    _counters(ctx, store, builds, baseline)
 
     # -- environment diff, outcomes, runs
     _phase('environment diff, outcomes, runs')
@@ -1064,6 +1065,16 @@ def _fill(ctx: Ctx, store, painter: "_Painter", note=None, csv_path=None, thresh
             ctx.csv["raw_uri"] = data_uri(raw)
     _phase('end')
     return ctx
+
+
+def _counters(ctx: Ctx, store, builds, baseline) -> None:
+    """Kernel counters per test, builds side by side (they explain a verdict, never make one)."""
+    try:
+        countercmp.attach_to_tests(store, ctx.tests, builds, baseline)
+    except HwtestsError as exc:
+        ctx.problems.append(f"no counters: {exc}")
+        for tt in ctx.tests:
+            tt.setdefault("counters", [])
 
 
 _T0: list[float] = []

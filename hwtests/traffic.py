@@ -523,8 +523,10 @@ def run_pair(rx_t: Transport, tx_t: Transport, rx_addr: str, mode_rx: str = "tcp
              ifname: str | None = None, queue: int | None = None, num_queues: int | None = None,
              tx_ifname: str | None = None, rx_args: Sequence[str] = (), tx_args: Sequence[str] = (),
              idle_timeout: float | None = None, ready_timeout: float = READY_TIMEOUT,
-             check: bool = True) -> TrafficResult:
+             check: bool = True, rx_cpus: str | None = None, tx_cpus: str | None = None) -> TrafficResult:
     """Receiver on rx_t listening on rx_addr, sender on tx_t connecting to it; both summaries.
+
+    `rx_cpus`/`tx_cpus` (CPU lists like "2-3"): run that side under `taskset -c`.
 
     Raises Unsupported (exit 4 of either side) and, when `check`, TrafficError for any other
     failure (exit 1/2/other, no summary, timeouts). Payload mismatches (exit 3) are returned.
@@ -534,7 +536,7 @@ def run_pair(rx_t: Transport, tx_t: Transport, rx_addr: str, mode_rx: str = "tcp
         return _run_pair(rx_t, tx_t, rx_addr, mode_rx, mode_tx, flows, duration, port, bytes_=bytes_,
                          rx_bins=rx_bins, tx_bins=tx_bins, ifname=ifname, queue=queue, num_queues=num_queues,
                          tx_ifname=tx_ifname, rx_args=rx_args, tx_args=tx_args, idle_timeout=idle_timeout,
-                         ready_timeout=ready_timeout, check=check)
+                         ready_timeout=ready_timeout, check=check, rx_cpus=rx_cpus, tx_cpus=tx_cpus)
     except TrafficError as exc:
         note = link_note(rx_t, tx_t, rx_addr)
         if not note:
@@ -604,7 +606,8 @@ def _run_pair(rx_t: Transport, tx_t: Transport, rx_addr: str, mode_rx: str, mode
               duration: float, port: int, *, bytes_: int | None, rx_bins: TrafficBinaries | None,
               tx_bins: TrafficBinaries | None, ifname: str | None, queue: int | None, num_queues: int | None,
               tx_ifname: str | None, rx_args: Sequence[str], tx_args: Sequence[str],
-              idle_timeout: float | None, ready_timeout: float, check: bool) -> TrafficResult:
+              idle_timeout: float | None, ready_timeout: float, check: bool, rx_cpus: str | None = None,
+              tx_cpus: str | None = None) -> TrafficResult:
     if duration > MAX_DURATION:
         raise ValueError(f"duration {duration} s is longer than {MAX_DURATION:g} s")
     rx_bins = rx_bins or build(rx_t)
@@ -613,6 +616,7 @@ def _run_pair(rx_t: Transport, tx_t: Transport, rx_addr: str, mode_rx: str, mode
     rx_cmd = rx_command(rx_bins.rx, mode_rx, addr=rx_addr, port=port, flows=flows, duration=duration,
                         bytes_=bytes_, timeout=idle, ifname=ifname, queue=queue, num_queues=num_queues,
                         extra=rx_args)
+    rx_cmd = (["taskset", "-c", rx_cpus] if rx_cpus else []) + rx_cmd
     bg = rx_t.start(rx_cmd, name="hwt_rx")
     try:
         ready = None
@@ -633,6 +637,7 @@ def _run_pair(rx_t: Transport, tx_t: Transport, rx_addr: str, mode_rx: str, mode
             time.sleep(0.05)
         tx_cmd = tx_command(tx_bins.tx, mode_tx, rx_addr, int(ready["port"]), flows=flows, duration=duration,
                             bytes_=bytes_, timeout=idle, ifname=tx_ifname, extra=tx_args)
+        tx_cmd = (["taskset", "-c", tx_cpus] if tx_cpus else []) + tx_cmd
         send_time = (60.0 if bytes_ and not duration else duration)
         try:
             txr = tx_t.run(tx_cmd, timeout=send_time + idle + 30, check=False)

@@ -24,12 +24,16 @@ the NIC reports one. Stored as samples of `linerate/<mode>`: `gbps` (higher),
 `link_pct` (higher) and, beside it, `ceiling_pct` (higher): the share of the TCP
 goodput ceiling at the data path's MTU (hwtests.goodput; MTU and ceiling in the
 sample's extra). The traffic programs' source hash goes into the run's
-artifacts and on every sample.
+artifacts and on every sample. Kernel counters of both hosts over the same window
+(TCP/IP, softnet, the data NIC's interrupts, `ethtool -S` and per-queue qstats;
+`hwtests.countersnap`)
+go to the store's `counters` table: they explain a result and never gate.
 
 Knobs (environment; short defaults for the lab, every run bounded):
 HWTESTS_LINERATE_DURATION (s per timed run, 5), HWTESTS_LINERATE_REPEAT (3),
 HWTESTS_LINERATE_WARMUP (1), HWTESTS_LINERATE_COOLDOWN (1),
 HWTESTS_LINERATE_FUNCTIONAL_BYTES (16 MiB), HWTESTS_LINERATE_PORT (base port, 5201).
+The inventory's `pin: rx_cpus / tx_cpus` run the receiver and sender under `taskset -c`.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ import time
 
 import pytest
 
-from hwtests import cpustat, goodput, nicsetup
+from hwtests import counterstore, countersnap, cpustat, goodput, nicsetup
 from hwtests.errors import HwtestsError
 
 MODES = {
@@ -193,7 +197,7 @@ def _run(rx, tx, bins, rx_mode, tx_mode, port, zc, **kw):
     zkw = dict(ifname=rx.nic.ifname, queue=zc.queue) if zc is not None else {}
     try:
         return traffic.run_pair(rx.t, tx.t, rx.addr, rx_mode, tx_mode, port=port, rx_bins=bins[0], tx_bins=bins[1],
-                                **zkw, **kw)
+                                rx_cpus=rx.host.pin.rx_cpus, tx_cpus=tx.host.pin.tx_cpus, **zkw, **kw)
     except traffic.Unsupported as exc:
         if rx_mode == "zcrx" and exc.role == "rx":
             pytest.skip(traffic.zcrx_unsupported_reason(exc, (rx.probe or {}).get("kernel_release") or "?"))
@@ -234,6 +238,28 @@ def steady_window(samples: list[float], seconds: float, t_end: float, warmup: in
     return steady, sum(steady) / len(steady), (t0, t0 + len(steady))
 
 
+def _driver(he) -> str:
+    return (((he.probe or {}).get("nics") or {}).get(he.nic.ifname) or {}).get("driver") or ""
+
+
+def _counter_rows(test, rep, samplers, rx, tx, w0, w1) -> list:
+    """Both hosts' counter deltas over the steady window, as rows of the counters table."""
+    out = []
+    for role, he in (("rx", rx), ("tx", tx)):
+        s = samplers[role]
+        rows = s.rows_between(w0, w1, driver=_driver(he))
+        s.cleanup()
+        out += counterstore.from_rows(test, rep, he.name, role, rows)
+    return out
+
+
+def _session(request):
+    try:
+        return request.getfixturevalue("hw_session")
+    except pytest.FixtureLookupError:
+        return None
+
+
 # -- the test ----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("mode", _params())
@@ -268,17 +294,21 @@ def test_linerate(request, hw_pair, mode, traffic_bins, hw_record_many):
         ceiling, ceiling_facts = _ceiling(rx, tx) if speed else (None, {})
         shared = _same_machine(rx, tx)
         samples: list = []
+        counters: list = []
         summary = []
         for rep in range(cfg["repeat"]):
             srx = cpustat.CpuSampler(rx.t, interval=0.5, max_seconds=cfg["duration"] + 90, name="cpustat-rx").start()
             stx = cpustat.CpuSampler(tx.t, interval=0.5, max_seconds=cfg["duration"] + 90, name="cpustat-tx").start()
+            ctr = {role: countersnap.CounterSampler(he.t, he.nic.ifname, interval=0.5, max_seconds=cfg["duration"] + 90,
+                                                    name=f"counters-{role}", nl=b.nl).start()
+                   for role, he, b in (("rx", rx, bins[0]), ("tx", tx, bins[1]))}
             done = False
             try:
                 res = _run(rx, tx, bins, rx_mode, tx_mode, port, zc, duration=cfg["duration"], **run_kw)
                 t_end = time.time()
                 done = True
             finally:
-                for sampler in (srx, stx):
+                for sampler in (srx, stx, *ctr.values()):
                     try:
                         sampler.stop()
                     except HwtestsError:
@@ -300,7 +330,7 @@ def test_linerate(request, hw_pair, mode, traffic_bins, hw_record_many):
                      "per_second_gbps": [round(x, 4) for x in res.rx.get("samples") or []],
                      "steady_gbps": [round(x, 4) for x in steady], "duration": cfg["duration"],
                      "warmup": cfg["warmup"], "cooldown": cfg["cooldown"], "rx_mode": rx_mode, "tx_mode": tx_mode,
-                     "shared_cpu": shared, "zc_completions": res.tx.get("zc_completions"),
+                     "shared_cpu": shared, "pin": {"rx_cpus": rx.host.pin.rx_cpus, "tx_cpus": tx.host.pin.tx_cpus}, "zc_completions": res.tx.get("zc_completions"),
                      "zc_copied": res.tx.get("zc_copied")}
             if zc is not None:
                 extra.update({"queue": zc.queue, "flow_rule": zc.rule, "nic_changes": zc.changed})
@@ -332,14 +362,19 @@ def test_linerate(request, hw_pair, mode, traffic_bins, hw_record_many):
                 if ceiling is not None:
                     samples.append(Sample(metric="ceiling_pct", value=goodput.share_of_ceiling(gbps, speed, ceiling),
                                           unit="%", better="higher", extra=link_extra, **common))
+            counters += _counter_rows(test, rep, ctr, rx, tx, w0, w1)
+            retrans = next((c.value for c in counters if c.repetition == rep and c.role == "tx"
+                            and c.name == "net.Tcp.RetransSegs"), None)
             summary.append(f"{gbps:.2f} Gbit/s"
                            + (f", CPU rx {cpu_rx.busy_pct:.0f}% (softirq {cpu_rx.pct['softirq']:.0f}%)"
                               if cpu_rx else ", CPU rx n/a")
                            + (f", tx {cpu_tx.busy_pct:.0f}%" if cpu_tx else ", tx n/a")
                            + (f", {int(res.rx.get('bytes', 0)) / 1e9:.3f} GB in {zcrx.get('zcrx_data_cqes')} completions, "
                               f"{zcrx.get('refills')} refills, {zcrx.get('refill_flushes')} flushes, "
-                              f"{zcrx.get('rearms')} re-arms" if zcrx else ""))
+                              f"{zcrx.get('rearms')} re-arms" if zcrx else "")
+                           + (f", retransmits {retrans:.0f}" if retrans is not None else ""))
         hw_record_many(samples)
+        counterstore.record(_session(request), hw_pair.name, counters)
         request.node.user_properties.append((f"{test}:summary", "; ".join(summary)))
         print(f"{test} on {hw_pair.name}: " + "; ".join(summary))
     finally:

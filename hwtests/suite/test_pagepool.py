@@ -7,7 +7,10 @@ against the inventory's `headers` for the running release (kernels: LABEL:
 headers) and uploaded —, loaded once as a warm-up and then `repeat` times; every
 result line of every load becomes two samples, `pagepool/<type>` `cycles`
 (tsc_interval / invoke count) and `ns`, with the load's repetition index and
-the host's boot id.
+the host's boot id. Each load's insmod runs under `perf stat -x,` where the host has a
+working perf (cycles, instructions, cache-misses, branch-misses per load and per
+element) into the store's `counters` table; without perf or a PMU each is stored
+unavailable with the reason (they explain, never gate).
 
 Skips, naming why, when the host cannot build or load modules (no module
 support — the netns lab shares the controller's kernel —, modules_disabled,
@@ -16,7 +19,9 @@ options on or its CPU frequency governor is not `performance`.
 
 Tuning through the environment: HWTESTS_PP_LOOPS (default 10000000),
 HWTESTS_PP_REPEAT (10), HWTESTS_PP_RUN_FLAGS (0xffffffff), HWTESTS_PP_CPU (pin
-insmod to this CPU), HWTESTS_PP_TIMEOUT (seconds per load, 900).
+insmod to this CPU; else the inventory's `pin: pagepool_cpu`, default 0 as published:
+`taskset -c 0 insmod`), HWTESTS_PP_TIMEOUT (seconds per load, 900). The CPU a load
+really ran pinned to (None: no taskset on the host) is in every sample's extra.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import warnings
 
 import pytest
 
-from hwtests import pagepool
+from hwtests import counterstore, pagepool
 from hwtests.errors import HwtestsError
 
 
@@ -105,7 +110,8 @@ def test_pagepool_fast_path(request, rx_host, hw_record_many):
     loops = _int_env("HWTESTS_PP_LOOPS", pagepool.DEFAULT_LOOPS)
     repeat = _int_env("HWTESTS_PP_REPEAT", 10)
     run_flags = _int_env("HWTESTS_PP_RUN_FLAGS", pagepool.ALL_FLAGS)
-    cpu = os.environ.get("HWTESTS_PP_CPU", "").strip()
+    cpu = os.environ.get("HWTESTS_PP_CPU", "").strip() or (
+        str(he.host.pin.pagepool_cpu) if he.host.pin.pagepool_cpu is not None else "")
     timeout = _int_env("HWTESTS_PP_TIMEOUT", int(pagepool.LOAD_TIMEOUT))
     try:
         src = pagepool.source_for_host(he.t, he.host.pagepool_src)
@@ -129,7 +135,7 @@ def test_pagepool_fast_path(request, rx_host, hw_record_many):
     for rr in results:
         samples += pagepool.to_samples(rr.records, repetition=rr.repetition, boot_id=rr.boot_id, host=he.name,
                                        module=rr.module, source=rr.source_kind, kernel=rr.kernel_release,
-                                       loops=rr.params["loops"])
+                                       loops=rr.params["loops"], cpu=rr.cpu)
         for w in rr.warnings:
             key = (w.reason, " ".join(w.text.split()[-4:]))
             if key not in seen:
@@ -137,6 +143,13 @@ def test_pagepool_fast_path(request, rx_host, hw_record_many):
                 warnings.warn(PagePoolLogWarning(f"{he.name}: load {rr.repetition}: {w.reason}: {w.text.strip()[:200]}"))
     if samples:
         hw_record_many(samples)
+    perf_rows = [counterstore.StoredCounter("pagepool", rr.repetition, he.name, "rx", name, v.value, unit, v.reason)
+                 for rr in results for name, v, unit in rr.perf_rows()]
+    try:
+        counterstore.record(request.getfixturevalue("hw_session"), request.getfixturevalue("hw_pair").name,
+                            perf_rows)
+    except pytest.FixtureLookupError:
+        pass
 
     empty = [rr.repetition for rr in results if not rr.records]
     assert not empty, (f"{he.name}: {results[0].module} printed no result in load(s) {empty}; "

@@ -55,7 +55,6 @@ else echo "hwt_nl not deployed on this host"; echo "@@ rc 127"; fi
 # it, its T line printed once its file is whole.
 _LOOP = ('d=$1; n=$2; iv=$3; i=0; while [ "$i" -lt "$n" ]; do read t _ < /proc/uptime; '
          'sh -c "$5" sh "$4" "$6" > "$d/s.$i" 2>&1; echo "T $t $i"; i=$((i+1)); sleep "$iv"; done')
-UPTIME = ("cat", "/proc/uptime")
 
 SNAPSHOT_TIMEOUT = 30.0
 
@@ -296,7 +295,7 @@ class CounterSampler:
         self.error = ""
 
     def start(self) -> "CounterSampler":
-        self.offset = clock_offset(self.t, cmd=UPTIME)
+        self.offset = clock_offset(self.t)
         self.dir = posixpath.join(self.t.tmpdir, f"{self.name}-{id(self):x}")
         self.t.run(["mkdir", "-p", self.dir], timeout=15)
         self.bg = self.t.start(["sh", "-c", _LOOP, "sh", self.dir, str(self.count), f"{self.interval:g}",

@@ -155,9 +155,10 @@ def per_interval(snaps: list[Snapshot], hz: int = DEFAULT_HZ) -> list[tuple[floa
 
 # -- sampling a host ---------------------------------------------------------------
 
-# Bounded loop: $1 snapshots, $2 seconds apart; each starts with "T <epoch seconds>".
-_LOOP = ('n=$1; i=0; while [ "$i" -lt "$n" ]; do echo "T $(date +%s.%N)"; grep "^cpu" /proc/stat; '
-         'i=$((i+1)); sleep "$2"; done')
+# Bounded loop: $1 snapshots, $2 seconds apart; each starts with "T <seconds since boot>"
+# (/proc/uptime: busybox's date, as in the VM lab's guests, prints %N literally).
+_SNAPSHOT = 'read up _ < /proc/uptime; echo "T $up"; grep "^cpu" /proc/stat'
+_LOOP = 'n=$1; i=0; while [ "$i" -lt "$n" ]; do ' + _SNAPSHOT + '; i=$((i+1)); sleep "$2"; done'
 
 
 def parse_samples(text: str, offset: float = 0.0) -> list[Snapshot]:
@@ -224,7 +225,7 @@ class CpuSampler:
         if self.bg is None:
             return self.snapshots
         # one last snapshot so the end of the run is covered
-        last = self.t.run("echo \"T $(date +%s.%N)\"; grep '^cpu' /proc/stat", check=False, timeout=15)
+        last = self.t.run(_SNAPSHOT, check=False, timeout=15)
         res = self.bg.stop(grace=1.0)
         self.bg = None
         self.snapshots = parse_samples(res.stdout + "\n" + (last.stdout if last.ok else ""), self.offset)
@@ -241,15 +242,13 @@ class CpuSampler:
         return per_interval(snaps, self.hz)
 
 
-def clock_offset(t, tries: int = 3, cmd: tuple[str, ...] = ("date", "+%s.%N")) -> float:
-    """controller time - host time, from the midpoint of the quickest of a few round trips (0 if unreadable).
-
-    `cmd` prints the host's clock as the first word of its output (`cat /proc/uptime` for
-    the time since boot, where busybox's date has no %N)."""
+def clock_offset(t, tries: int = 3) -> float:
+    """controller time - host time since boot (/proc/uptime, what the samplers stamp their
+    snapshots with), from the midpoint of the quickest of a few round trips (0 if unreadable)."""
     best: tuple[float, float] | None = None
     for _ in range(tries):
         a = time.time()
-        r = t.run(list(cmd), check=False, timeout=15)
+        r = t.run(["cat", "/proc/uptime"], check=False, timeout=15)
         b = time.time()
         try:
             host = float((r.stdout.split() or [""])[0])

@@ -54,6 +54,7 @@ class SwNic:
     lower: str
     queues: int
     release: str
+    ko: str = ""                                                 # the module file on the host
     artifacts: dict[str, str] = field(default_factory=dict)     # hwt_swnic.ko -> sha256
 
 
@@ -189,7 +190,7 @@ def load(t: Transport, lower: str, *, queues: int = 4, journal=None,
     name = ifname_of(t)
     if not name:
         raise InfraError(f"{t.name}: {MODULE} loaded but made no netdev")
-    return SwNic(name, lower, queues, f.get("release", ""), sums)
+    return SwNic(name, lower, queues, f.get("release", ""), ko, sums)
 
 
 def take_addresses(t: Transport, sw: SwNic, journal) -> list[str]:
@@ -219,6 +220,43 @@ def unload(t: Transport, timeout: float = 120) -> None:
     if not r.ok:
         tail = (r.stderr.strip().splitlines() or [f"exit {r.exit_status}"])[-1]
         raise InfraError(f"{t.name}: rmmod {MODULE}: {tail}")
+
+
+def refcount(t: Transport) -> int | None:
+    """The module's reference count (one per bound queue), None when it is not loaded."""
+    r = t.run(["cat", f"/sys/module/{MODULE}/refcnt"], check=False, timeout=15)
+    return int(r.stdout.strip()) if r.ok and r.stdout.strip().isdigit() else None
+
+
+# One bounded cycle a line: load, up, bind one queue and unbind (the receiver's bind-only
+# mode), unload. Arguments: ko, lower, queues, hwt_rx, cycles.
+CYCLE_SCRIPT = r"""
+set -e
+i=0
+while [ "$i" -lt "$5" ]; do
+  i=$((i + 1))
+  insmod "$1" lower="$2" queues="$3"
+  dev=$(ls /sys/bus/platform/devices/hwt_swnic/net)
+  ip link set "$dev" up
+  "$4" --mode devmem --ifname "$dev" --queue $((i % $3)) --num-queues 1 --bind-only > /dev/null
+  ip link set "$dev" down
+  rmmod hwt_swnic
+done
+echo "cycles=$i"
+"""
+
+
+def cycles(t: Transport, sw: SwNic, rx_binary: str, count: int, journal, per_cycle: float = 20.0) -> int:
+    """Unload `sw`, then `count` cycles of load, bind, unbind, unload on the host (journaled:
+    the undo removes a module a broken cycle left loaded); the number of cycles done."""
+    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 1000:
+        raise InputError(f"swnic cycles={count!r}: must be an integer 1..1000")
+    unload(t)
+    do = ["sh", "-c", CYCLE_SCRIPT, "sh", sw.ko, sw.lower, str(sw.queues), rx_binary, str(count)]
+    undo = ["sh", "-c", f"[ ! -d /sys/module/{MODULE} ] || rmmod {MODULE}"]
+    journal.change(f"{count} load/bind/unbind/unload cycles of {MODULE}", do, undo,
+                   timeout=30 + per_cycle * count)
+    return count
 
 
 def stats(t: Transport, ifname: str) -> dict[str, int]:

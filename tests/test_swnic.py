@@ -268,3 +268,55 @@ def test_devmem_rx_payload_lands_in_net_iovs_with_no_linear_bytes(guests):
     assert _wait_pools_drained(a) == []
     swnic.unload(a.t)
     assert swnic.kernel_problems(a.new_kernel_log()) == []
+
+
+@pytest.mark.vmlab
+def test_unload_is_refused_while_a_queue_is_bound(guests):
+    """A bound dma-buf is attached to the module's DMA device until it is unbound: the
+    module holds itself while a queue is bound, so rmmod is refused, then goes through."""
+    a, _b = guests
+    sw = swnic.load(a.t, a.nic.ifname, queues=4, journal=a.j, controller_build_dir=a.headers)
+    swnic.take_addresses(a.t, sw, a.j)
+    bins = traffic.build(a.t)
+    assert swnic.refcount(a.t) == 0
+    cmd = traffic.rx_command(bins.rx, "devmem", addr=a.nic.ipv4, duration=20, timeout=20,
+                             ifname=sw.ifname, queue=2, num_queues=2)
+    bg = a.t.start(cmd, name="hwt_rx")
+    try:
+        deadline = time.monotonic() + 30
+        while traffic.parse_ready(bg.output()[0]) is None:
+            assert bg.alive() and time.monotonic() < deadline, bg.output()
+            time.sleep(0.2)
+        assert swnic.refcount(a.t) == 2                 # one per bound queue
+        r = a.t.run(["rmmod", "hwt_swnic"], check=False, timeout=30)
+        assert r.exit_status != 0 and swnic.ifname_of(a.t) == sw.ifname, r.stderr
+        # down and up again with the queues bound: still held, still bound
+        a.t.run(["ip", "link", "set", sw.ifname, "down"], timeout=20)
+        a.t.run(["ip", "link", "set", sw.ifname, "up"], timeout=20)
+        assert swnic.refcount(a.t) == 2
+    finally:
+        bg.stop(grace=2.0)
+    assert swnic.refcount(a.t) == 0
+    assert _wait_pools_drained(a) == []
+    assert a.j.restore() == []
+    assert swnic.ifname_of(a.t) is None
+    assert swnic.kernel_problems(a.new_kernel_log()) == []
+
+
+@pytest.mark.vmlab
+def test_load_bind_unbind_unload_cycles_leave_no_warning_and_no_pool(guests):
+    a, _b = guests
+    count = int(os.environ.get("HWTESTS_SWNIC_CYCLES", "20"))
+    sw = swnic.load(a.t, a.nic.ifname, queues=4, journal=a.j, controller_build_dir=a.headers)
+    bins = traffic.build(a.t)
+    t0 = time.monotonic()
+    assert swnic.cycles(a.t, sw, bins.rx, count, a.j) == count
+    took = time.monotonic() - t0
+    assert swnic.ifname_of(a.t) is None
+    assert _wait_pools_drained(a) == []
+    left = [p for p in swnic.pools(a.t) if p["ifindex"] == 0]   # pools whose netdev is gone
+    assert left == [], left
+    log = a.new_kernel_log()
+    assert log.count("stacked on " + a.nic.ifname) == count + 1
+    assert swnic.kernel_problems(log) == []
+    print(f"{count} load/bind/unbind/unload cycles in {took:.1f} s, no kernel warning, no pool left")

@@ -16,13 +16,16 @@ import errno
 import os
 import shutil
 import subprocess
+import sys
 import time
-from pathlib import Path
+import xml.etree.ElementTree as ET
 
 import pytest
+import yaml
 
 from hwtests import hostconn, inventory, journal, labvm, pagepool, swnic, traffic
 from hwtests.errors import HwtestsError, InfraError, InputError
+from hwtests.store import Store
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 DATA_BYTES = 8_000_000
@@ -131,6 +134,15 @@ def lab(tmp_path_factory):
         yield inventory.load(inv_path)
     finally:
         labvm.down(state)
+
+
+class LabJournal(journal.Journal):
+    """The lab's own setup journal, kept apart from the suite's: `hwtests run` replays the
+    suite's journal of every host it acquires, which would take the software NIC away."""
+
+    @property
+    def path(self) -> str:
+        return f"{journal.JOURNAL_DIR}/journal.swnic-lab.jsonl"
 
 
 class Guest:
@@ -320,3 +332,58 @@ def test_load_bind_unbind_unload_cycles_leave_no_warning_and_no_pool(guests):
     assert log.count("stacked on " + a.nic.ifname) == count + 1
     assert swnic.kernel_problems(log) == []
     print(f"{count} load/bind/unbind/unload cycles in {took:.1f} s, no kernel warning, no pool left")
+
+
+def _junit_outcomes(path) -> dict[str, str]:
+    out = {}
+    for tc in ET.parse(path).getroot().iter("testcase"):
+        state = "passed"
+        for child in tc:
+            if child.tag in ("failure", "error", "skipped"):
+                state = child.tag
+        out[tc.get("name")] = state
+    return out
+
+
+@pytest.mark.vmlab
+def test_suite_devmem_passes_on_the_software_nic(lab, guests, tmp_path):
+    """`hwtests run -k devmem` with swnic0 as the RX host's NIC: the suite's own NIC setup
+    (channels, header split, ntuple, RSS, a flow rule, all journaled by the suite), its bind
+    and refusal checks and its validated 64 MiB receive pass instead of skipping. The stored
+    run names hwt_swnic as the RX NIC's driver: a software-NIC functional result."""
+    a, _b = guests
+    labj = LabJournal(a.t, owner="test_swnic-lab")
+    assert labj.restore() == []
+    try:
+        sw = swnic.load(a.t, a.nic.ifname, queues=4, journal=labj, controller_build_dir=a.headers)
+        swnic.take_addresses(a.t, sw, labj)
+        doc = yaml.safe_load(open(lab.path).read())
+        doc["hosts"]["vm-a"]["nics"][next(iter(a.host.nics))]["ifname"] = sw.ifname
+        inv = tmp_path / "swnic-inventory.yaml"
+        inv.write_text(yaml.safe_dump(doc))
+        label = next(lb for lb, kb in a.host.kernels.items() if kb.release == sw.release)
+        db, xml = tmp_path / "r.db", tmp_path / "junit.xml"
+        # header split cannot be turned off by the guests' ethtool (6.1): that refusal is
+        # tested above through hwt_nlctl; zcrx needs 7.x; line rate is no software-NIC figure
+        sel = "devmem and not zcrx and not linerate and not without_header_split"
+        r = subprocess.run([sys.executable, "-m", "hwtests.cli", "run", "--inventory", str(inv),
+                            "--kernel-build", label, "--db", str(db), "-k", sel, "--junitxml", str(xml), "-rs"],
+                           capture_output=True, text=True, timeout=1200)
+        assert r.returncode == 0, (r.returncode, r.stdout[-3000:], r.stderr[-2000:])
+        got = _junit_outcomes(xml)
+        for name in ("test_bind_unbind[vm-devmem]", "test_receive_validated[vm-devmem]",
+                     "test_bind_refused_queue_out_of_range[vm-devmem]",
+                     "test_bind_refused_twice_on_one_queue[vm-devmem]"):
+            assert got.get(name) == "passed", (name, got)
+        runs = Store.open(str(db), create=False).runs()
+        rx = [h for run in runs for h in run.hosts if h.role == "rx"]
+        assert rx and {h.nic_driver for h in rx} == {"hwt_swnic"}, [(h.role, h.nic_driver) for h in rx]
+        st = swnic.per_queue_totals(swnic.stats(a.t, sw.ifname))
+        assert st["niov_frags"] > 0 and st["page_frags"] == 0 and st["errors"] == 0, st
+        print(f"suite on the software NIC: {sum(v == 'passed' for v in got.values())} passed; module: "
+              f"{st['niov_frags']} net_iov frags, {st['payload_bytes']} payload bytes, 0 page frags")
+    finally:
+        errs = labj.restore()
+    assert errs == []
+    assert swnic.ifname_of(a.t) is None
+    assert swnic.kernel_problems(a.new_kernel_log()) == []

@@ -289,13 +289,14 @@ def test_devmem_bind_and_unbind_on_its_queues(guests):
 
 
 @pytest.mark.vmlab
-def test_devmem_rx_payload_lands_in_net_iovs_with_no_linear_bytes(guests):
+@pytest.mark.parametrize("family", ["ipv4", "ipv6"])
+def test_devmem_rx_payload_lands_in_net_iovs_with_no_linear_bytes(guests, family):
     a, b = guests
     sw = swnic.load(a.t, a.nic.ifname, queues=4, journal=a.j, controller_build_dir=a.headers)
     swnic.take_addresses(a.t, sw, a.j)
-    # RSS spreads flows over every queue and there are no flow rules yet: bind them all
-    res = traffic.run_pair(a.t, b.t, a.nic.ipv4, "devmem", "tcp", flows=1, duration=5, bytes_=DATA_BYTES,
-                           ifname=sw.ifname, queue=0, num_queues=4, idle_timeout=30)
+    # RSS spreads flows over every queue and no flow rule is set here: bind them all
+    res = traffic.run_pair(a.t, b.t, getattr(a.nic, family), "devmem", "tcp", flows=1, duration=5,
+                           bytes_=DATA_BYTES, ifname=sw.ifname, queue=0, num_queues=4, idle_timeout=30)
     rx = res.rx
     assert res.ok, (res.errors, res.rx_stderr[-500:])
     assert rx["mismatches"] == 0 and rx["validated_bytes"] == DATA_BYTES, rx
@@ -305,7 +306,7 @@ def test_devmem_rx_payload_lands_in_net_iovs_with_no_linear_bytes(guests):
     # (a net_iov read in two recvmsg calls is two frags for the receiver: its count can be higher)
     assert st["niov_frags"] > 0 and st["page_frags"] == 0, st
     assert st["payload_bytes"] >= DATA_BYTES and st["errors"] == 0 and st["csum_bad"] == 0, st
-    print(f"software NIC devmem RX: {DATA_BYTES} bytes validated, {rx['dmabuf_frags']} dmabuf frags, "
+    print(f"software NIC devmem RX ({family}): {DATA_BYTES} bytes validated, {rx['dmabuf_frags']} dmabuf frags, "
           f"0 linear bytes, module: {st['niov_frags']} net_iov frags, {st['linear_bytes']} header bytes "
           f"(functional result, not NIC performance)")
     # the receiver unbound at exit: every buffer went back, no pool left holding one

@@ -101,6 +101,45 @@ def providers(queues: list[Queue], ids: list[int] | None = None) -> dict[int, st
 
 
 @dataclass
+class PagePool:
+    """One page pool of `page-pool-get`: its buffers still out, and the memory provider behind it.
+
+    ifindex None: the pool's netdev is gone (the kernel leaves the attribute out), yet the
+    pool lives on until its last buffer comes back; detach_time is set once the driver let go.
+    """
+
+    id: int
+    ifindex: int | None = None
+    napi_id: int | None = None
+    inflight: int | None = None
+    inflight_mem: int | None = None
+    detach_time: int | None = None
+    dmabuf: int | None = None    # devmem binding id
+    io_uring: bool = False       # an io_uring zcrx interface queue
+
+    @property
+    def provider(self) -> str | None:
+        """"dmabuf" or "io-uring" when a memory provider backs the pool, else None."""
+        if self.dmabuf is not None:
+            return "dmabuf"
+        return "io-uring" if self.io_uring else None
+
+
+def parse_page_pools(stdout: str) -> list[PagePool]:
+    obj = answer(stdout, "page-pool-get")
+    out = []
+    for i, p in enumerate(_list(obj, "pools", "page-pool-get")):
+        what = f"hwt_nl page-pool-get: pools[{i}]"
+        pid = _uint(p, "id", what)
+        if pid is None:
+            raise NlParseError(f"{what}: no id: {json.dumps(p)[:200]}")
+        out.append(PagePool(pid, _uint(p, "ifindex", what), _uint(p, "napi-id", what), _uint(p, "inflight", what),
+                            _uint(p, "inflight-mem", what), _uint(p, "detach-time", what), _uint(p, "dmabuf", what),
+                            p.get("io-uring") is True))
+    return out
+
+
+@dataclass
 class QueueStats:
     """Per-queue counters of `qstats`; None where the driver does not count."""
 

@@ -1,8 +1,9 @@
 """hwt_nl (fixtures/traffic/hwt_nl.c), its parsers (hwtests.nlparse) and the teardown wait.
 
 - Parsers on captured answers: queue-get, qstats and rings-get lines that hwt_nl
-  printed on this machine (lo, a virtio NIC); the dumps with a memory provider
-  are in the same format, written here: no provider can be bound on this machine.
+  printed on this machine (lo, a virtio NIC), page-pool-get from the software NIC
+  in the 6.12 VM lab; the dumps with a memory provider are in the same format,
+  written here: no provider can be bound on this machine.
 - The teardown wait (`nlclient.wait_released`, `traffic.wait_queues_released`)
   against a stand-in hwt_nl that shows an io_uring provider for a few polls,
   as the kernel's asynchronous release does: a NIC that takes one does not exist here.
@@ -47,6 +48,14 @@ RINGS_VIRTIO = '{"cmd": "rings-get", "ifname": "eth0", "rings": {"rx-max": 256, 
 # a 6.14+ kernel and a driver with a threshold (bnxt-like: default 256)
 RINGS_HDS = '{"cmd": "rings-get", "ifname": "eth1", "rings": {"rx-max": 2047, "rx": 511, "tcp-data-split": "on", ' \
             '"hds-thresh": 256, "hds-thresh-max": 1023}}\n'
+# hwt_nl page-pool-get: every pool of the namespace. Pool 9 is bound to a devmem binding (id 3)
+# with buffers out; pool 4's netdev is gone (no ifindex) and it waits for 2 buffers since
+# detach-time; pool 12 is backed by an io_uring zcrx ifq. No provider can be bound here: written.
+PP_ALL = json.dumps({"cmd": "page-pool-get", "pools": [
+    {"id": 12, "ifindex": 5, "napi-id": 8196, "inflight": 64, "inflight-mem": 262144, "io-uring": True},
+    {"id": 9, "ifindex": 5, "napi-id": 8194, "inflight": 128, "inflight-mem": 524288, "dmabuf": 3},
+    {"id": 8, "ifindex": 5, "napi-id": 8193, "inflight": 0, "inflight-mem": 0},
+    {"id": 4, "inflight": 2, "inflight-mem": 8192, "detach-time": 1733329261}]}) + "\n"
 UNSUPPORTED_LO = '{"unsupported": "ethtool rings-get: Operation not supported", "step": "ethtool rings-get", ' \
                  '"errno": 95, "error": "Operation not supported", "role": "nl", "mode": "rings-get", "version": "1.0"}\n'
 
@@ -74,6 +83,24 @@ def test_parse_qstats_and_rings():
     assert (r.tcp_data_split, r.hds_thresh, r.hds_thresh_max, r.rx) == (None, None, None, 256)
     r = nlparse.parse_rings(RINGS_HDS)
     assert (r.tcp_data_split, r.hds_thresh, r.hds_thresh_max) == ("on", 256, 1023)
+
+
+def test_parse_page_pools():
+    pools = nlparse.parse_page_pools(PP_ALL)
+    assert [(p.id, p.ifindex, p.provider) for p in pools] == \
+        [(12, 5, "io-uring"), (9, 5, "dmabuf"), (8, 5, None), (4, None, None)]
+    assert (pools[1].dmabuf, pools[1].inflight, pools[1].inflight_mem, pools[1].napi_id) == (3, 128, 524288, 8194)
+    assert pools[2].inflight == 0 and pools[2].detach_time is None
+    gone = [p for p in pools if p.ifindex is None]
+    assert [(p.id, p.inflight, p.detach_time) for p in gone] == [(4, 2, 1733329261)]
+    one = nlparse.parse_page_pools('{"cmd": "page-pool-get", "ifindex": 5, "pools": []}\n')
+    assert one == []
+    with pytest.raises(nlparse.NlParseError, match=r"pools\[0\]: no id"):
+        nlparse.parse_page_pools('{"cmd": "page-pool-get", "pools": [{"ifindex": 5}]}')
+    with pytest.raises(nlparse.NlParseError, match=r"pools\[0\]: inflight is -1"):
+        nlparse.parse_page_pools('{"cmd": "page-pool-get", "pools": [{"id": 1, "inflight": -1}]}')
+    with pytest.raises(nlparse.NlParseError, match="not an answer"):
+        nlparse.parse_page_pools(Q_LO)                     # another command's answer
 
 
 def test_parse_rejects_what_is_not_an_answer():
@@ -184,6 +211,22 @@ def test_real_loopback(real_nl):
     assert rc == 2 and "usage error" in err
     rc, _, err = _nl(real_nl, "queue-get")
     assert rc == 2
+
+
+def test_real_page_pool_get(real_nl):
+    """The dump with and without an interface. The kernel reports no ifindex for pools on
+    loopback (where it also parks pools whose netdev is gone): asking for lo gives none."""
+    rc, out, _ = _nl(real_nl, "page-pool-get")
+    assert rc == 0, out
+    every = nlparse.parse_page_pools(out)
+    assert len({p.id for p in every}) == len(every)
+    rc, out, _ = _nl(real_nl, "page-pool-get", "lo")
+    assert rc == 0 and json.loads(out)["ifindex"] == 1 and nlparse.parse_page_pools(out) == []
+    rc, out, _ = _nl(real_nl, "page-pool-get", "nosuchif0")
+    assert rc == 1 and nlparse.failure(out)["errno"] == errno.ENODEV
+    for argv in (("page-pool-get", "lo", "lo"), ("page-pool-get", "")):
+        rc, _, err = _nl(real_nl, *argv)
+        assert rc == 2 and "usage error" in err and err.count("\n") == 1, (argv, err)
 
 
 @pytest.fixture

@@ -414,7 +414,7 @@ def records_after(kmsg: str, seq: int) -> str:
     return "\n".join(out) + ("\n" if out else "")
 
 
-def _first_error(text: str) -> str:
+def first_error(text: str) -> str:
     """The line of a build log that says what went wrong (the compiler's, not make's)."""
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     for pat in (r"\berror:", r"fatal error", r"No such file or directory", r"No rule to make target",
@@ -425,7 +425,7 @@ def _first_error(text: str) -> str:
     return lines[-1] if lines else "no output"
 
 
-def _kernel_msgs(kmsg: str, module: str) -> str:
+def kernel_msgs(kmsg: str, module: str) -> str:
     """The module's own error lines among new kmsg records (for a failed insmod)."""
     msgs = []
     for ln in kmsg.splitlines():
@@ -468,13 +468,13 @@ def build(t: Transport, st: SourceTree, build_dir: str | None = None, facts: dic
     r = t.run(cmd, check=False, timeout=timeout)
     if not r.ok:
         raise InfraError(f"{t.name}: building {st.bench_module} ({st.origin or st.kind}) against {kdir} failed: "
-                         f"{_first_error(r.stderr + chr(10) + r.stdout)}")
+                         f"{first_error(r.stderr + chr(10) + r.stdout)}")
     out = {}
     for mod in st.modules:
         ko = posixpath.join(dest, mod + ".ko")
         if not t.run(["test", "-f", ko], check=False, timeout=15).ok:
             raise InfraError(f"{t.name}: building {st.bench_module}: make left no {mod}.ko "
-                             f"({_first_error(r.stderr + chr(10) + r.stdout)})")
+                             f"({first_error(r.stderr + chr(10) + r.stdout)})")
         out[mod] = ko
     return out
 
@@ -514,7 +514,7 @@ def _unload(t: Transport, modules: Sequence[str], strict: bool) -> None:
             raise InfraError(f"{t.name}: rmmod {mod}: {tail}")
 
 
-def _sha256(t: Transport, paths: dict[str, str]) -> dict[str, str]:
+def module_sha256(t: Transport, paths: dict[str, str]) -> dict[str, str]:
     """module file name (`hwt_pp_bench.ko`) -> sha256 of what was loaded."""
     r = t.run(["sha256sum", *paths.values()], check=False, timeout=30)
     by_path = {ln.split()[1]: ln.split()[0] for ln in r.stdout.splitlines() if len(ln.split()) == 2}
@@ -588,7 +588,7 @@ def run_bench(t: Transport, source: str | Path | SourceTree | Sequence[str | Pat
         kind = st.kind
     modules = list(paths)
     bench = modules[-1]
-    artifacts = _sha256(t, paths)
+    artifacts = module_sha256(t, paths)
     boot_id = t.run(["cat", "/proc/sys/kernel/random/boot_id"], timeout=15).stdout.strip()
 
     if journal is not None:
@@ -624,7 +624,7 @@ def run_bench(t: Transport, source: str | Path | SourceTree | Sequence[str | Pat
                     _unload(t, modules, strict=False)
                     tail = (r.stderr.strip().splitlines() or r.stdout.strip().splitlines() or
                             [f"exit {r.exit_status}"])[-1]
-                    kern = _kernel_msgs(new, mod)
+                    kern = kernel_msgs(new, mod)
                     raise InfraError(f"{t.name}: {tail.strip()}" + (f" (kernel: {kern})" if kern else ""))
             dur = time.monotonic() - t0
             log = records_after(read_kmsg(t), before)

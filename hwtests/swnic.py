@@ -172,7 +172,7 @@ def load(t: Transport, lower: str, *, queues: int = 4, journal=None,
                          "should undo first)")
     paths = build_modules(t, f, controller_build_dir)
     ko = paths[MODULE]
-    sums = pagepool._sha256(t, paths)
+    sums = pagepool.module_sha256(t, paths)
     before = pagepool.last_seq(pagepool.read_kmsg(t))
     do = ["insmod", ko, f"lower={lower}", f"queues={int(queues)}"]
     undo = ["sh", "-c", f"[ ! -d /sys/module/{MODULE} ] || rmmod {MODULE}"]
@@ -183,7 +183,7 @@ def load(t: Transport, lower: str, *, queues: int = 4, journal=None,
             t.run(do, timeout=120)
     except CommandFailed as exc:
         new = pagepool.records_after(pagepool.read_kmsg(t), before)
-        kern = pagepool._kernel_msgs(new, MODULE)
+        kern = pagepool.kernel_msgs(new, MODULE)
         tail = (exc.result.stderr.strip().splitlines() or [f"exit {exc.result.exit_status}"])[-1]
         raise InfraError(f"{t.name}: insmod {MODULE} lower={lower}: {tail.strip()}"
                          + (f" (kernel: {kern})" if kern else "")) from None
@@ -272,7 +272,7 @@ def build_nlctl(dest_dir: str | Path) -> Path:
     p = subprocess.run([cc, "-O2", "-Wall", "-static", "-o", str(out), str(FIXTURE / f"{NLCTL}.c")],
                        capture_output=True, text=True, timeout=120)
     if p.returncode != 0:
-        raise InfraError(f"building {NLCTL} failed: {pagepool._first_error(p.stderr + p.stdout)}")
+        raise InfraError(f"building {NLCTL} failed: {pagepool.first_error(p.stderr + p.stdout)}")
     return out
 
 

@@ -95,7 +95,7 @@ def test_module_builds_for_debian_kernel(series, tmp_path):
     before = subprocess.run(["git", "status", "--porcelain", "--ignored", "--", "fixtures/pagepool"],
                             cwd=REPO, capture_output=True, text=True).stdout
     p = make_module(dk, pagepool.FIXTURE, tmp_path / "build")
-    assert p.returncode == 0, f"make failed: {pagepool._first_error(p.stderr + p.stdout)}"
+    assert p.returncode == 0, f"make failed: {pagepool.first_error(p.stderr + p.stdout)}"
     assert compiler_warnings(p.stderr) == [], p.stderr
     ko = tmp_path / "build" / "hwt_pp_bench.ko"
     info = pagepool.modinfo(ko.read_bytes())
@@ -371,7 +371,7 @@ def prebuilt(tmp_path_factory) -> tuple[Path, str]:
     dk = headers("6.12")
     build = tmp_path_factory.mktemp("ko") / "build"
     p = make_module(dk, pagepool.FIXTURE, build)
-    assert p.returncode == 0, pagepool._first_error(p.stderr)
+    assert p.returncode == 0, pagepool.first_error(p.stderr)
     return build / "hwt_pp_bench.ko", dk.release
 
 

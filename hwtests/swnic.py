@@ -2,8 +2,8 @@
 
     sw = load(t, "data0", queues=4, journal=j, controller_build_dir=headers)
     take_addresses(t, sw, j)         # the lower NIC's global addresses move to sw.ifname
-    queues(t, sw.ifname)             # netdev queue-get, [{"queue": 0, "type": "rx", "napi": ..}, ..]
-    pools(t, sw.ifname)              # netdev page-pool-get of its pools (inflight, dmabuf)
+    queues(t, sw.ifname)             # netdev queue-get: [nlparse.Queue(id=0, type="rx", napi_id=..), ..]
+    pools(t, sw.ifname)              # netdev page-pool-get of its pools: [nlparse.PagePool(inflight=..), ..]
     set_split(t, sw.ifname, False)   # ethtool rings-set tcp-data-split (the guests' ethtool cannot)
     stats(t, sw.ifname)              # ethtool -S: rx0_niov_frags, rx0_linear_bytes, ...
     unload(t)
@@ -15,30 +15,26 @@ queue is bound with devmem bind-rx). Its figures are functional results of a sof
 NIC, never NIC performance (docs/swnic.md).
 
 The build reuses hwtests.pagepool's machinery (a SourceTree built on the controller
-against the host kernel's headers and uploaded, or built on the host). Every change
-(module loaded, link up, addresses moved) is journaled before it is made; the undo
+against the host kernel's headers and uploaded, or built on the host). The netlink
+requests go through hwt_nl, deployed with the traffic programs (`traffic.build(t).nl`).
+Every change (module loaded, link up, addresses moved) is journaled before it is made; the undo
 commands tolerate a module already gone, so a journal replay never fails on them.
 """
 
 from __future__ import annotations
 
 import json
-import posixpath
 import re
-import shutil
-import subprocess
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import pagepool
+from . import nlclient, nlparse, pagepool, traffic
 from .errors import InfraError, InputError
 from .transport import CommandFailed, LocalTransport, Transport
 
 FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "swnic"
 MODULE = "hwt_swnic"
 MAX_QUEUES = 8
-NLCTL = "hwt_nlctl"
 
 _IFNAME = re.compile(r"[A-Za-z0-9_.-]{1,15}")
 # kernel log lines that mean something went wrong in the kernel (pure check below)
@@ -61,9 +57,9 @@ class SwNic:
 # -- pure helpers ---------------------------------------------------------------------------
 
 def source() -> pagepool.SourceTree:
-    """Our module's sources as a SourceTree (the C program hwt_nlctl is not part of it)."""
+    """Our module's sources as a SourceTree."""
     files = {p.name: p.read_bytes() for p in sorted(FIXTURE.iterdir())
-             if p.is_file() and (p.name == "Makefile" or (p.suffix in (".c", ".h") and p.stem != NLCTL))}
+             if p.is_file() and (p.name == "Makefile" or p.suffix in (".c", ".h"))}
     return pagepool.SourceTree("hwt", files, [MODULE], origin=str(FIXTURE))
 
 
@@ -113,20 +109,6 @@ def global_addresses(ip_j_addr: str) -> list[str]:
 def kernel_problems(log: str) -> list[str]:
     """Kernel log lines that report a warning, a bug, a trace or a stalled pool (pure)."""
     return [ln.strip() for ln in log.splitlines() if _PROBLEMS.search(ln)]
-
-
-def parse_json_lines(text: str) -> list[dict]:
-    out = []
-    for ln in text.splitlines():
-        ln = ln.strip()
-        if ln.startswith("{"):
-            try:
-                obj = json.loads(ln)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(obj, dict):
-                out.append(obj)
-    return out
 
 
 # -- on a host ------------------------------------------------------------------------------
@@ -263,48 +245,33 @@ def stats(t: Transport, ifname: str) -> dict[str, int]:
     return parse_ethtool_stats(t.run(["ethtool", "-S", ifname], timeout=30).stdout)
 
 
-def build_nlctl(dest_dir: str | Path) -> Path:
-    """hwt_nlctl built on the controller as a static binary (the guests have no compiler)."""
-    cc = shutil.which("gcc") or shutil.which("cc")
-    if not cc:
-        raise InfraError(f"building {NLCTL} needs gcc on the controller")
-    out = Path(dest_dir) / NLCTL
-    p = subprocess.run([cc, "-O2", "-Wall", "-static", "-o", str(out), str(FIXTURE / f"{NLCTL}.c")],
-                       capture_output=True, text=True, timeout=120)
-    if p.returncode != 0:
-        raise InfraError(f"building {NLCTL} failed: {pagepool.first_error(p.stderr + p.stdout)}")
-    return out
+def _nl(t: Transport) -> str:
+    """hwt_nl on the host, deployed with the traffic programs (the guests have no compiler)."""
+    return traffic.build(t).nl
 
 
-def _nlctl(t: Transport, args: list[str], check: bool = True) -> tuple[int, list[dict]]:
-    remote = posixpath.join(t.tmpdir, NLCTL)
-    if not t.run(["test", "-x", remote], check=False, timeout=15).ok:
-        with tempfile.TemporaryDirectory(prefix="hwt-nlctl-") as d:
-            t.put_bytes(build_nlctl(d).read_bytes(), NLCTL, mode=0o755)
-    r = t.run([remote, *args], check=False, timeout=30)
-    if check and r.exit_status != 0:
-        tail = (r.stderr.strip().splitlines() or r.stdout.strip().splitlines() or [f"exit {r.exit_status}"])[-1]
-        raise InfraError(f"{t.name}: {NLCTL} {' '.join(args)}: {tail}")
-    return r.exit_status, parse_json_lines(r.stdout)
+def queues(t: Transport, ifname: str) -> list[nlparse.Queue]:
+    """netdev queue-get of `ifname`: its queues, with the dma-buf binding of a bound RX queue."""
+    return nlclient.queues(t, _nl(t), ifname)
 
 
-def _ifindex(t: Transport, ifname: str) -> str:
-    return t.run(["cat", f"/sys/class/net/{ifname}/ifindex"], timeout=15).stdout.strip()
+def pools(t: Transport, ifname: str | None = None) -> list[nlparse.PagePool]:
+    """netdev page-pool-get: pools of `ifname`, or every pool (ifindex None: its netdev is gone)."""
+    out = nlclient.run(t, _nl(t), "page-pool-get", *([ifname] if ifname else []))
+    try:
+        return nlparse.parse_page_pools(out)
+    except nlparse.NlParseError as exc:
+        raise InfraError(f"{t.name}: {exc}") from None
 
 
-def queues(t: Transport, ifname: str) -> list[dict]:
-    """netdev queue-get of `ifname`: one dict per queue (queue, type, napi, dmabuf)."""
-    return _nlctl(t, ["queues", _ifindex(t, ifname)])[1]
+def set_split(t: Transport, ifname: str, on: bool) -> nlparse.RingsSet:
+    """ethtool rings-set tcp-data-split on|off: the ring parameters before and after.
 
-
-def pools(t: Transport, ifname: str | None = None) -> list[dict]:
-    """netdev page-pool-get: pools of `ifname`, or every pool (ifindex 0: its netdev is gone)."""
-    return _nlctl(t, ["pools", _ifindex(t, ifname) if ifname else "0"])[1]
-
-
-def set_split(t: Transport, ifname: str, on: bool) -> dict:
-    """ethtool rings-set tcp-data-split: {"split": "on"} or, refused, with "errno", "error", "extack"."""
-    status, out = _nlctl(t, ["split", _ifindex(t, ifname), "on" if on else "off"], check=False)
-    if not out or status not in (0, 1):
-        raise InfraError(f"{t.name}: {NLCTL} split {ifname}: exit {status}, no answer")
-    return out[-1]
+    A refusal raises nlclient.NlError carrying the kernel's errno and extack (a bound
+    queue keeps header split on: the caller may expect that).
+    """
+    out = nlclient.run(t, _nl(t), "rings-set", ifname, "tcp-data-split", "on" if on else "off")
+    try:
+        return nlparse.parse_rings_set(out)
+    except nlparse.NlParseError as exc:
+        raise InfraError(f"{t.name}: {exc}") from None

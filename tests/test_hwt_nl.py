@@ -48,6 +48,11 @@ RINGS_VIRTIO = '{"cmd": "rings-get", "ifname": "eth0", "rings": {"rx-max": 256, 
 # a 6.14+ kernel and a driver with a threshold (bnxt-like: default 256)
 RINGS_HDS = '{"cmd": "rings-get", "ifname": "eth1", "rings": {"rx-max": 2047, "rx": 511, "tcp-data-split": "on", ' \
             '"hds-thresh": 256, "hds-thresh-max": 1023}}\n'
+# hwt_nl page-pool-get swnic0 on 6.12 (the VM lab's software NIC, 4 RX queues, nothing bound:
+# the values test_swnic printed, in hwt_nl's format; the module's pools have no NAPI id)
+PP_SWNIC = '{"cmd": "page-pool-get", "ifindex": 4, "pools": [{"id": 5, "ifindex": 4, "inflight": 0, ' \
+           '"inflight-mem": 0}, {"id": 4, "ifindex": 4, "inflight": 0, "inflight-mem": 0}, {"id": 3, "ifindex": 4, ' \
+           '"inflight": 0, "inflight-mem": 0}, {"id": 2, "ifindex": 4, "inflight": 0, "inflight-mem": 0}]}\n'
 # hwt_nl page-pool-get: every pool of the namespace. Pool 9 is bound to a devmem binding (id 3)
 # with buffers out; pool 4's netdev is gone (no ifindex) and it waits for 2 buffers since
 # detach-time; pool 12 is backed by an io_uring zcrx ifq. No provider can be bound here: written.
@@ -86,6 +91,9 @@ def test_parse_qstats_and_rings():
 
 
 def test_parse_page_pools():
+    idle = nlparse.parse_page_pools(PP_SWNIC)
+    assert [p.id for p in idle] == [5, 4, 3, 2]
+    assert all(p.ifindex == 4 and p.inflight == 0 and p.napi_id is None and p.provider is None for p in idle)
     pools = nlparse.parse_page_pools(PP_ALL)
     assert [(p.id, p.ifindex, p.provider) for p in pools] == \
         [(12, 5, "io-uring"), (9, 5, "dmabuf"), (8, 5, None), (4, None, None)]

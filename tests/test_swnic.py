@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hwtests import hostconn, inventory, journal, labvm, pagepool, swnic, traffic
+from hwtests import hostconn, inventory, journal, labvm, nlclient, pagepool, swnic, traffic
 from hwtests.errors import HwtestsError, InfraError, InputError
 from hwtests.store import Store
 
@@ -96,17 +96,6 @@ def test_source_tree_is_the_module_alone():
     assert st.modules == ["hwt_swnic"]
     assert set(st.files) == {"hwt_swnic.c", "Makefile"}
     assert b'MODULE_LICENSE("GPL")' in st.files["hwt_swnic.c"]
-
-
-def test_nlctl_builds_static_and_refuses_bad_usage(tmp_path):
-    if not shutil.which("gcc"):
-        unavailable("hwt_nlctl needs gcc on the controller")
-    exe = swnic.build_nlctl(tmp_path)
-    for args in ([], ["queues"], ["queues", "x"], ["frobnicate", "1"], ["queues", "0"], ["split", "1"],
-                 ["split", "1", "maybe"], ["split", "0", "on"]):
-        p = subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=30)
-        assert p.returncode == 2, (args, p.returncode, p.stderr)
-        assert p.stderr.strip().count("\n") == 0 and p.stderr.strip(), p.stderr
 
 
 def _prepared_7x_headers() -> list[Path]:
@@ -209,11 +198,11 @@ def guests(lab):
         assert not errs, errs
 
 
-def _wait_pools_drained(g: Guest, timeout: float = 30.0) -> list[dict]:
+def _wait_pools_drained(g: Guest, timeout: float = 30.0) -> list:
     """Pools that still hold buffers (detached ones included) after up to `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while True:
-        busy = [p for p in swnic.pools(g.t) if p["inflight"]]
+        busy = [p for p in swnic.pools(g.t) if p.inflight]
         if not busy or time.monotonic() > deadline:
             return busy
         time.sleep(1)
@@ -230,15 +219,17 @@ def test_loads_with_header_split_and_queues_and_unloads_cleanly(guests):
     ring = a.t.run(["ethtool", "-g", sw.ifname], timeout=20).stdout
     assert "TCP data split:\ton" in ring or "TCP data split: on" in ring, ring
     qs = swnic.queues(a.t, sw.ifname)
-    assert sorted((q["type"], q["queue"]) for q in qs) == \
+    assert sorted((q.type, q.id) for q in qs) == \
         [("rx", i) for i in range(4)] + [("tx", i) for i in range(4)]
-    assert all(q["napi"] > 0 and q["dmabuf"] == 0 for q in qs), qs
+    assert all((q.napi_id or 0) > 0 and q.provider is None for q in qs), qs
     pools = swnic.pools(a.t, sw.ifname)
-    assert len(pools) == 4 and all(p["dmabuf"] == 0 for p in pools), pools
+    assert len(pools) == 4 and all(p.ifindex == qs[0].ifindex and p.provider is None for p in pools), pools
+    print(f"page pools of {sw.ifname}: {pools}")
     # header split can be turned off while nothing is bound, and on again
-    assert swnic.set_split(a.t, sw.ifname, False) == {"split": "off"}
+    changed = swnic.set_split(a.t, sw.ifname, False)
+    assert (changed.before.tcp_data_split, changed.after.tcp_data_split) == ("on", "off"), changed
     assert "TCP data split:\toff" in a.t.run(["ethtool", "-g", sw.ifname], timeout=20).stdout
-    assert swnic.set_split(a.t, sw.ifname, True) == {"split": "on"}
+    assert swnic.set_split(a.t, sw.ifname, True).after.tcp_data_split == "on"
 
     assert a.j.restore() == []            # addresses back, link down, module out
     assert swnic.ifname_of(a.t) is None
@@ -264,7 +255,7 @@ def test_devmem_bind_and_unbind_on_its_queues(guests):
     assert res["binds"][0]["ok"] is True and res["binds"][1]["ok"] is False, res
     assert res["binds"][1]["errno"] == errno.EEXIST, res
     # every binding went with its netlink socket: no queue keeps a dma-buf
-    assert all(q["dmabuf"] == 0 for q in swnic.queues(a.t, sw.ifname))
+    assert all(q.dmabuf is None for q in swnic.queues(a.t, sw.ifname))
 
     # while a receiver holds queue 1 bound: netdev shows its dma-buf there, header split stays on
     cmd = traffic.rx_command(bins.rx, "devmem", addr=a.nic.ipv4, duration=20, timeout=20,
@@ -275,14 +266,17 @@ def test_devmem_bind_and_unbind_on_its_queues(guests):
         while traffic.parse_ready(bg.output()[0]) is None:
             assert bg.alive() and time.monotonic() < deadline, bg.output()
             time.sleep(0.2)
-        bound = {q["queue"]: q["dmabuf"] for q in swnic.queues(a.t, sw.ifname) if q["type"] == "rx"}
-        assert bound[1] > 0 and bound[0] == bound[2] == bound[3] == 0, bound
-        refused = swnic.set_split(a.t, sw.ifname, False)
-        assert refused.get("errno") == errno.EBUSY and "memory provider" in refused.get("extack", ""), refused
+        bound = {q.id: q.dmabuf for q in swnic.queues(a.t, sw.ifname) if q.type == "rx"}
+        assert (bound[1] or 0) > 0 and bound[0] is None and bound[2] is None and bound[3] is None, bound
+        held = [p for p in swnic.pools(a.t, sw.ifname) if p.provider == "dmabuf"]
+        assert [p.dmabuf for p in held] == [bound[1]], held
+        with pytest.raises(nlclient.NlError) as refused:
+            swnic.set_split(a.t, sw.ifname, False)
+        assert refused.value.errno == errno.EBUSY and "memory provider" in refused.value.extack, refused.value
         assert "TCP data split:\ton" in a.t.run(["ethtool", "-g", sw.ifname], timeout=20).stdout
     finally:
         bg.stop(grace=2.0)
-    assert all(q["dmabuf"] == 0 for q in swnic.queues(a.t, sw.ifname))
+    assert all(q.dmabuf is None for q in swnic.queues(a.t, sw.ifname))
     assert _wait_pools_drained(a) == []
     swnic.unload(a.t)
     assert swnic.kernel_problems(a.new_kernel_log()) == []
@@ -359,7 +353,7 @@ def test_load_bind_unbind_unload_cycles_leave_no_warning_and_no_pool(guests):
     took = time.monotonic() - t0
     assert swnic.ifname_of(a.t) is None
     assert _wait_pools_drained(a) == []
-    left = [p for p in swnic.pools(a.t) if p["ifindex"] == 0]   # pools whose netdev is gone
+    left = [p for p in swnic.pools(a.t) if p.ifindex is None]   # pools whose netdev is gone
     assert left == [], left
     log = a.new_kernel_log()
     assert log.count("stacked on " + a.nic.ifname) == count + 1
@@ -397,7 +391,7 @@ def test_suite_devmem_passes_on_the_software_nic(lab, guests, tmp_path):
         label = next(lb for lb, kb in a.host.kernels.items() if kb.release == sw.release)
         db, xml = tmp_path / "r.db", tmp_path / "junit.xml"
         # header split cannot be turned off by the guests' ethtool (6.1): that refusal is
-        # tested above through hwt_nlctl; zcrx needs 7.x; line rate is no software-NIC figure
+        # tested above through hwt_nl; zcrx needs 7.x; line rate is no software-NIC figure
         sel = "devmem and not zcrx and not linerate and not without_header_split"
         r = subprocess.run([sys.executable, "-m", "hwtests.cli", "run", "--inventory", str(inv),
                             "--kernel-build", label, "--db", str(db), "-k", sel, "--junitxml", str(xml), "-rs"],

@@ -36,6 +36,7 @@ from typing import Callable
 
 from . import debkernel
 from .errors import HwtestsError
+from .pagepool import first_error
 
 ARGS_FILE = "hwt-make-args"
 BLOCKER_FILE = "hwt-build-blocker"
@@ -87,16 +88,6 @@ def _run(cmd: list[str], what: str, cwd: Path | None = None, timeout: float = TI
     if p.returncode != 0:
         raise HwtestsError(f"{what} failed: {first_error(p.stderr + chr(10) + p.stdout)}", 4)
     return p.stdout
-
-
-def first_error(text: str) -> str:
-    """The line of a build log that says what went wrong (pure)."""
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    for pat in (r"\berror:", r"fatal error", r"not found", r"No such file", r"ERROR:", r"\*\*\*"):
-        for ln in lines:
-            if re.search(pat, ln):
-                return ln
-    return lines[-1] if lines else "no output"
 
 
 def machine_key() -> str:

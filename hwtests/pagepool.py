@@ -418,7 +418,7 @@ def first_error(text: str) -> str:
     """The line of a build log that says what went wrong (the compiler's, not make's)."""
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     for pat in (r"\berror:", r"fatal error", r"No such file or directory", r"No rule to make target",
-                r"undefined!", r"ERROR:", r"\*\*\*"):
+                r"undefined!", r"not found", r"ERROR:", r"\*\*\*"):
         for ln in lines:
             if re.search(pat, ln):
                 return ln

@@ -33,7 +33,7 @@ def socket_in_netns(netns: str, family: int = socket.AF_INET) -> socket.socket:
         target = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:
         raise InfraError(f"network namespace '{netns}': {exc.strerror} ({path})") from None
-    own = os.open(f"/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
         with _lock:
             try:

@@ -816,9 +816,6 @@ def _out_file(path, option: str) -> Path:
 
 def build_context(store, builds=None, baseline=None, title=None, note=None, db=None, csv_path=None,
                   thresholds=None, comparisons=None) -> Ctx:
-    import numpy as np
-    import pandas as pd
-
     labels = list(store.labels())
     if not labels:
         raise InputError("the results store has no runs yet: nothing to report (hwtests run stores results)")

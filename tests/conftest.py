@@ -10,11 +10,13 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
-from hwtests import labnetns, traffic
+from hwtests import labnetns, labvm, traffic
 from hwtests.errors import HwtestsError
 from hwtests.transport import LocalTransport
 
@@ -43,6 +45,21 @@ def netns_lab(tmp_path_factory):
         unavailable(f"netns lab cannot be built: {exc}")
     yield inv
     labnetns.down(state)
+
+
+@contextmanager
+def booted_vm_lab(state: Path, kernels: list[str]) -> Iterator[Path]:
+    """A VM lab of these kernels: up, its inventory path yielded, down whatever happened;
+    unavailable (a skip here, a failure in CI) when it cannot be built."""
+    try:
+        labvm.preflight()
+        inv = labvm.up(state, kernels=kernels, progress=lambda s: None)
+    except HwtestsError as exc:
+        unavailable(f"VM lab cannot be built: {exc}")
+    try:
+        yield inv
+    finally:
+        labvm.down(state)
 
 
 @pytest.fixture(scope="module")

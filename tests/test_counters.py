@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import run_cli
+from conftest import booted_vm_lab, run_cli
 from pgfixture import pg_server, pg_url, store_url  # noqa: F401
 from hwtests import counters as C
 from hwtests import counterstore
@@ -602,21 +602,14 @@ def test_vm_lab_virtio_counters_and_no_perf(tmp_path):
         unavailable(f"VM lab: {exc}")
     if rel is None:
         unavailable("VM lab: no Debian 6.12 kernel among the lab's builds")
-    state = tmp_path / "lab"
-    try:
-        inv = labvm.up(state, kernels=[rel], progress=lambda s: None)
-    except HwtestsError as exc:
-        unavailable(f"VM lab cannot be built: {exc}")
     db = tmp_path / "results.db"
     label = next(iter(labvm.labels_for([rel])))
-    try:
+    with booted_vm_lab(tmp_path / "lab", [rel]) as inv:
         env = dict(os.environ, HWTESTS_LINERATE_DURATION="6", HWTESTS_LINERATE_REPEAT="1",
                    HWTESTS_PP_LOOPS="5000", HWTESTS_PP_REPEAT="1")
         r = run_cli("run", "--inventory", str(inv), "--kernel-build", label, "-k", "(linerate and tcp) or pagepool",
                     "--db", str(db), "-p", "no:cacheprovider", env=env, timeout=1200)
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
-    finally:
-        labvm.down(state)
     st = Store.open(str(db), create=False)
     try:
         got = counterstore.rows(st, labels=[label])

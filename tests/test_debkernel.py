@@ -18,17 +18,11 @@ from pathlib import Path
 
 import pytest
 
+from conftest import unavailable
 from hwtests import debkernel, kbuildprep, labvm
 from hwtests.errors import InfraError, InputError
 
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 MACHINE_APT = (Path("/etc/apt"), Path("/var/lib/apt/lists"))
-
-
-def unavailable(reason: str):
-    if IN_CI:
-        pytest.fail(f"required in CI: {reason}", pytrace=False)
-    pytest.skip(reason)
 
 
 def snapshot(*roots: Path) -> dict[str, tuple]:

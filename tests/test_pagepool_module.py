@@ -29,21 +29,15 @@ from pathlib import Path
 
 import pytest
 
+from conftest import booted_vm_lab, unavailable
 from hwtests import debkernel, kbuildprep, pagepool, timebench, vmimage
 from hwtests.errors import HwtestsError, InfraError, InputError
 from hwtests.transport import CmdResult, LocalTransport
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).parent / "data" / "pagepool"
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 SERIES = ("6.1", "6.12", "7")
 LABELS = {"6.1": "deb6.1", "6.12": "deb6.12", "7": "deb7"}    # the VM lab's builds (hwtests.debkernel.BUILDS)
-
-
-def unavailable(reason: str):
-    if IN_CI:
-        pytest.fail(f"required in CI: {reason}", pytrace=False)
-    pytest.skip(reason)
 
 
 _kernels: dict[str, debkernel.DebKernel] = {}
@@ -426,14 +420,9 @@ def test_prebuilt_for_another_kernel_is_refused(prebuilt, tmp_path):
 @pytest.mark.vmlab
 def test_run_bench_in_a_debian_guest(prebuilt, tmp_path):
     """Build on the controller, upload, insmod/collect/rmmod over SSH in a Debian 6.12 guest."""
-    from hwtests import hostconn, inventory, labvm
+    from hwtests import hostconn, inventory
     prebuilt_ko, release = prebuilt
-    try:
-        labvm.preflight()
-        inv_path = labvm.up(tmp_path / "lab", kernels=[release], progress=lambda s: None)
-    except HwtestsError as exc:
-        unavailable(f"VM lab: {exc}")
-    try:
+    with booted_vm_lab(tmp_path / "lab", [release]) as inv_path:
         inv = inventory.load(inv_path)
         t = hostconn.connect(inv.hosts["vm-a"], inv.defaults, inv)
         try:
@@ -458,22 +447,15 @@ def test_run_bench_in_a_debian_guest(prebuilt, tmp_path):
             assert "invalid module format" in str(ei.value).lower() and "version magic" in str(ei.value)
         finally:
             t.close()
-    finally:
-        labvm.down(tmp_path / "lab")
 
 
 @pytest.mark.vmlab
 def test_run_bench_in_a_deb7_guest(tmp_path):
     """Debian's 7.x kernel (gcc-14, glibc 2.41 helpers): built on the controller with the local gcc
     and rebuilt helpers, as the suite does (controller_build_dir), then loaded in a 7.x guest."""
-    from hwtests import hostconn, inventory, labvm
+    from hwtests import hostconn, inventory
     dk = headers("7")
-    try:
-        labvm.preflight()
-        inv_path = labvm.up(tmp_path / "lab", kernels=[dk.release], progress=lambda s: None)
-    except HwtestsError as exc:
-        unavailable(f"VM lab: {exc}")
-    try:
+    with booted_vm_lab(tmp_path / "lab", [dk.release]) as inv_path:
         inv = inventory.load(inv_path)
         host = inv.hosts["vm-a"]
         kdir = pagepool.controller_headers(host.kernels, dk.release)
@@ -490,5 +472,3 @@ def test_run_bench_in_a_deb7_guest(tmp_path):
                 assert bad not in dmesg, bad
         finally:
             t.close()
-    finally:
-        labvm.down(tmp_path / "lab")

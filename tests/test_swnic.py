@@ -25,18 +25,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import booted_vm_lab, unavailable
 from hwtests import hostconn, inventory, journal, labvm, nlclient, pagepool, swnic, traffic
 from hwtests.errors import HwtestsError, InfraError, InputError
 from hwtests.store import Store
 
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 DATA_BYTES = 8_000_000
-
-
-def unavailable(reason: str):
-    if IN_CI:
-        pytest.fail(f"required in CI: {reason}", pytrace=False)
-    pytest.skip(reason)
 
 
 # ---------------------------------------------------------------- no VM needed
@@ -146,15 +140,8 @@ def lab(tmp_path_factory):
         unavailable(str(exc))
     if not (shutil.which("make") and shutil.which("gcc")):
         unavailable("building the module needs make and gcc on the controller")
-    state = tmp_path_factory.mktemp("swniclab") / "state"
-    try:
-        inv_path = labvm.up(state, kernels=[release], progress=lambda s: None)
-    except HwtestsError as exc:
-        unavailable(f"VM lab cannot be built: {exc}")
-    try:
+    with booted_vm_lab(tmp_path_factory.mktemp("swniclab") / "state", [release]) as inv_path:
         yield inventory.load(inv_path)
-    finally:
-        labvm.down(state)
 
 
 class LabJournal(journal.Journal):

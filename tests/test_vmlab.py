@@ -19,19 +19,13 @@ from pathlib import Path
 
 import pytest
 
+from conftest import booted_vm_lab, unavailable
 from hwtests import hostconn, inventory, labvm, vmimage
 from hwtests.errors import HwtestsError
 from hwtests.store import Store
 from hwtests.transport import HostKeyError
 
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 CLI = [sys.executable, "-m", "hwtests.cli"]
-
-
-def unavailable(reason: str):
-    if IN_CI:
-        pytest.fail(f"required in CI: {reason}", pytrace=False)
-    pytest.skip(reason)
 
 
 class Lab:
@@ -69,14 +63,8 @@ def lab_releases() -> list[str]:
 @pytest.fixture(scope="session")
 def vm_lab(tmp_path_factory, lab_releases):
     state = tmp_path_factory.mktemp("vmlab") / "state"
-    try:
-        inv = labvm.up(state, kernels=lab_releases, progress=lambda s: None)
-    except HwtestsError as exc:
-        unavailable(f"VM lab cannot be built: {exc}")
-    try:
+    with booted_vm_lab(state, lab_releases) as inv:
         yield Lab(inv, state)
-    finally:
-        labvm.down(state)
 
 
 def _boot_id(lab: Lab, name: str) -> str:

@@ -22,7 +22,7 @@ import os
 
 import pytest
 
-from conftest import unavailable
+from conftest import booted_vm_lab, unavailable
 from hwtests import hostconn, inventory, labvm, traffic
 from hwtests.errors import HwtestsError
 from hwtests.journal import Journal
@@ -38,15 +38,8 @@ def lab(tmp_path_factory):
         rel = labvm.default_builds()["deb7"]
     except (HwtestsError, KeyError) as exc:
         unavailable(f"no 7.x kernel for the VM lab: {exc}")
-    state = tmp_path_factory.mktemp("zcrx-vmlab") / "state"
-    try:
-        inv_path = labvm.up(state, kernels=[rel], progress=lambda s: None)
-    except HwtestsError as exc:
-        unavailable(f"VM lab cannot be built: {exc}")
-    try:
+    with booted_vm_lab(tmp_path_factory.mktemp("zcrx-vmlab") / "state", [rel]) as inv_path:
         yield inventory.load(inv_path)
-    finally:
-        labvm.down(state)
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,7 @@ from .errors import EXIT_INFRA, EXIT_INTERRUPTED, EXIT_USAGE
 from .hostconn import connect
 from .inventory import Inventory
 from .leases import holding, pair_resources, seconds
+from .store import Store
 
 SUITE_DIR = Path(__file__).parent / "suite"
 
@@ -106,10 +107,8 @@ def check_builds(inv: Inventory, pairs, label: str) -> None:
 
 
 def plan_lease(stack: ExitStack, inv: Inventory, pairs, args, what: str):
-    """Take the leases of `pairs` for the whole plan (held in `stack`); returns the holder id the
-    plan's pytest sessions borrow them under."""
-    from .store import Store
-
+    """Take the leases of `pairs` for the whole plan, held (renewed) until `stack` closes; the
+    plan's pytest sessions borrow it under `lease.holder`."""
     store = stack.enter_context(Store.open(getattr(args, "db", None)))
     resources = sorted({r for p in pairs for r in pair_resources(inv, p)})
     info = (f"{socket.gethostname()} pid {os.getpid()} ({what}, pairs {', '.join(p.name for p in pairs)}, "
@@ -118,8 +117,8 @@ def plan_lease(stack: ExitStack, inv: Inventory, pairs, args, what: str):
     ttl = getattr(args, "lease_ttl", None)
     lease = stack.enter_context(holding(store, resources, info, ttl=60.0 if ttl is None else ttl,
                                         wait=600.0 if wait is None else wait, progress=_say))
-    for what_ in lease.taken_over:
-        _say(f"hwtests: took over {what_}")
+    for taken in lease.taken_over:
+        _say(f"hwtests: took over {taken}")
     return lease
 
 

@@ -117,20 +117,15 @@ def parse_snapshot(text: str, ifname: str = "", time: float | None = None) -> Ho
             snap.netstat.update(C.parse_netstat(body, path))
         except C.CounterFormatError as exc:
             snap.missing[name] = str(exc)
-    body, rc = sec.get("softnet", ("", -1))
-    try:
-        if rc != 0:
-            raise C.CounterFormatError(f"/proc/net/softnet_stat: {_why(body, rc)}")
-        snap.softnet = C.parse_softnet(body)
-    except C.CounterFormatError as exc:
-        snap.missing["softnet"] = str(exc)
-    body, rc = sec.get("interrupts", ("", -1))
-    try:
-        if rc != 0:
-            raise C.CounterFormatError(f"/proc/interrupts: {_why(body, rc)}")
-        snap.interrupts = C.parse_interrupts(body)
-    except C.CounterFormatError as exc:
-        snap.missing["interrupts"] = str(exc)
+    for name, path, parse in (("softnet", "/proc/net/softnet_stat", C.parse_softnet),
+                              ("interrupts", "/proc/interrupts", C.parse_interrupts)):
+        body, rc = sec.get(name, ("", -1))
+        try:
+            if rc != 0:
+                raise C.CounterFormatError(f"{path}: {_why(body, rc)}")
+            setattr(snap, name, parse(body))
+        except C.CounterFormatError as exc:
+            snap.missing[name] = str(exc)
     snap.msi_irqs = frozenset(w for w in sec.get("msi", ("", 0))[0].split() if w.isdigit())
     snap.device = sec.get("device", ("", 0))[0].strip()
     body, rc = sec.get("ethtool", ("", -1))

@@ -61,6 +61,13 @@ def _list(obj: dict, key: str, cmd: str) -> list[dict]:
     return v
 
 
+def provider_of(dmabuf: int | None, io_uring: bool) -> str | None:
+    """The memory provider a queue or pool object names: a devmem binding id or the io-uring nest."""
+    if dmabuf is not None:
+        return "dmabuf"
+    return "io-uring" if io_uring else None
+
+
 @dataclass
 class Queue:
     """One queue of `queue-get`, with the memory provider bound to it, if any."""
@@ -76,9 +83,7 @@ class Queue:
     @property
     def provider(self) -> str | None:
         """"dmabuf" or "io-uring" while a memory provider holds the queue, else None."""
-        if self.dmabuf is not None:
-            return "dmabuf"
-        return "io-uring" if self.io_uring else None
+        return provider_of(self.dmabuf, self.io_uring)
 
 
 def parse_queues(stdout: str) -> list[Queue]:
@@ -120,9 +125,7 @@ class PagePool:
     @property
     def provider(self) -> str | None:
         """"dmabuf" or "io-uring" when a memory provider backs the pool, else None."""
-        if self.dmabuf is not None:
-            return "dmabuf"
-        return "io-uring" if self.io_uring else None
+        return provider_of(self.dmabuf, self.io_uring)
 
 
 def parse_page_pools(stdout: str) -> list[PagePool]:

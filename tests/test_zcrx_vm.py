@@ -91,10 +91,10 @@ def test_cq_larger_than_the_refill_ring(hosts, bins):
     the next round instead of failing with "refill ring full" (it did, in the suite on deb7)."""
     t, n = hosts["vm-a"], 32 << 20
     res = traffic.run_pair(t, t, "127.0.0.1", "zcrx", "tcp", flows=4, bytes_=n, duration=90, rx_bins=bins["vm-a"],
-                           tx_bins=bins["vm-a"], rx_args=["--zcrx-nodev", "--cq-entries", "4096", "--rq-entries", "64"])
+                           tx_bins=bins["vm-a"], rx_args=["--zcrx-nodev", "--cq-entries", "4096", "--rq-entries", "8"])
     rx = _nodev_ok(res, n)
     assert rx["refill_full_flushes"] > 0, rx                 # the ring did run full mid-batch
-    print(f"64-entry refill ring: {rx['refill_full_flushes']} flushes of a full ring, {rx['refill_waits']} waits, "
+    print(f"8-entry refill ring: {rx['refill_full_flushes']} flushes of a full ring, {rx['refill_waits']} waits, "
           f"{rx['refill_flushes']} flushes")
 
 

@@ -94,6 +94,8 @@ def _plan(args: argparse.Namespace, inv, pair, a: str, b: str, holder: str, lost
     """Boots, suites, gate and report, all under the lease `holder` holds."""
     import pytest
 
+    from . import plugin      # with pytest: deferred, `hwtests` starts without them
+
     say = (lambda s: print(s, file=sys.stderr, flush=True))
     worst = 0
     plan = schedule(a, b, args.rounds)
@@ -102,14 +104,7 @@ def _plan(args: argparse.Namespace, inv, pair, a: str, b: str, holder: str, lost
         if lost():
             raise InfraError(f"pair {pair.name}: {lost()} before boot {i}/{len(plan)}; no comparison made")
         say(f"== boot {i}/{len(plan)}: {label} ({time.monotonic() - t_start:.0f} s elapsed)")
-        for h in (pair.rx.host, pair.tx.host):
-            kswitch.switch(inv, inv.hosts[h], label, timeout=args.boot_timeout, force=i > 1, progress=say)
-        ns = argparse.Namespace(inventory=args.inventory, kernel_build=label, pair=[pair.name], db=args.db,
-                                gate_baseline=None, html=None, lease_holder=holder,
-                                extra=list(getattr(args, "extra", [])))
-        from . import plugin
-        plugin.last_exit_set = None
-        rc = int(pytest.main(runner.pytest_args(ns)))
+        rc = boot_and_suite(args, inv, pair, label, holder, None, say, force=i > 1)
         # Ctrl-C / SIGTERM: stop here (the hosts were restored); no comparison of half a plan
         if rc == int(pytest.ExitCode.INTERRUPTED) and plugin.last_exit_set != rc:
             say(f"hwtests ab: interrupted during boot {i}/{len(plan)} ({label}); no comparison made")
@@ -210,8 +205,9 @@ def extend(plan: gate.Plan, first: list[Comparison], more_boots: Callable[[int, 
 
 
 def boot_and_suite(args: argparse.Namespace, inv, pair, label: str, holder: str, tests: list[str] | None,
-                   say) -> int:
-    """Boot the pair into `label` and run the suite under the plan's lease (only `tests`' items, if given).
+                   say, force: bool = True) -> int:
+    """Boot the pair into `label` (not when it runs it already, unless `force`) and run the suite under
+    the plan's lease (only `tests`' items, if given).
 
     Returns pytest's exit code.
     """
@@ -220,7 +216,7 @@ def boot_and_suite(args: argparse.Namespace, inv, pair, label: str, holder: str,
     from . import plugin
 
     for h in (pair.rx.host, pair.tx.host):
-        kswitch.switch(inv, inv.hosts[h], label, timeout=args.boot_timeout, force=True, progress=say)
+        kswitch.switch(inv, inv.hosts[h], label, timeout=args.boot_timeout, force=force, progress=say)
     extra = list(getattr(args, "extra", []))
     ns = argparse.Namespace(inventory=args.inventory, kernel_build=label, pair=[pair.name], db=args.db,
                             gate_baseline=None, html=None, lease_holder=holder,
